@@ -1,0 +1,203 @@
+"""Typed experiment configs loaded from YAML.
+
+One `ExperimentConfig` per experiment file under `configs/`. Unknown keys, wrong types and
+missing files fail with a one-line `ConfigError` that names the problem and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rdd.errors import RddError
+
+
+class ConfigError(RddError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fmnist-small"  # a backbone preset of rdd.networks.PRESETS
+    dropout: float = 0.0
+    num_classes: int = 0  # >0 makes the U-Net class-conditional
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet64
+    root: str | None = None  # folder of the data set; None uses the default location
+    resolution: int = 16
+    resize: str = "bilinear"  # bilinear | pad: how a smaller image reaches `resolution`
+    hflip: bool = False
+    channels: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 300
+    batch_size: int = 64  # global batch, split evenly over ranks
+    lr: float = 2e-4
+    lr_schedule: str = "constant"  # constant | cosine (after warmup)
+    warmup: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 100
+    ckpt_every: int = 100
+    sample_steps: int = 64  # sampler steps for the grids written during training
+    num_grid: int = 64
+
+
+@dataclass
+class ClassifierConfig:
+    """The frozen feature classifier of RCFD/RDD (SPEC §3, §5)."""
+
+    arch: str = "densenet-bc-small"  # densenet201 | densenet-bc-small
+    checkpoint: str | None = None  # weights of a trained classifier (rdd train-classifier)
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment: bool = True  # crop + flip (+ AutoAugment/Cutout when `autoaugment`)
+    autoaugment: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DistillConfig:
+    """One PD stage or a progressive chain (SPEC §2-§5)."""
+
+    method: str = "rdd"  # pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m
+    teacher_steps: int = 8
+    target_steps: int = 1
+    iterations: list[int] = field(default_factory=lambda: [200])  # per stage, last repeats
+    tau_cfd: list[float] = field(default_factory=lambda: [0.9, 1.0, 0.85])  # per stage
+    tau_is: float = 1.0
+    tau_m: float = 0.1
+    tau_ii: float = 1.0
+    alpha: float = 1.0  # weight of IS_P2P (and II_P2P in the ablation)
+    beta: float = 0.1  # weight of M_P2P
+    queue_size: int = 20000  # N_q
+    num_contrast: int = 2048  # V
+    push_per_step: int = 128  # K
+    lpips_net: str = "vgg"
+    lpips_weights: str | None = None  # local backbone weights for offline LPIPS
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 10000
+    batch_size: int = 500
+    evalnet: str | None = None  # checkpoint of rdd train-evalnet (domain FD)
+    inception_weights: str | None = None
+    reference_cache: str | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value, tp, where: str):
+    """Check `value` against the annotation `tp`; ints are accepted where floats are asked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(items)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{where}.{key}'".replace("'.", "'") + hint)
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> ExperimentConfig:
+    return _build(ExperimentConfig, data or {}, "")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/fmnist/teacher.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
+    return from_dict(apply_overrides(data, overrides or []))

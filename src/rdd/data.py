@@ -1,0 +1,170 @@
+"""Data sets, all yielding (image in [-1, 1] of shape (C, H, W), integer label).
+
+Fashion-MNIST comes from the Debian package `dataset-fashion-mnist` (IDX files) with
+torchvision's downloader as the fallback; CIFAR-10 through torchvision from a user's folder;
+ImageNet 64x64 from an image folder whose sub-folders are the classes.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from rdd.config import DataConfig
+from rdd.errors import RddError
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic, dims, then big-endian unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_fashion_mnist(root: str | None) -> Path:
+    candidates = [Path(root)] if root else []
+    candidates += [FASHION_MNIST_DEBIAN, Path.home() / ".cache/rdd/fashion-mnist"]
+    for folder in candidates:
+        if (folder / "train-images-idx3-ubyte.gz").is_file() or (folder / "train-images-idx3-ubyte").is_file():
+            return folder
+        raw = folder / "FashionMNIST" / "raw"  # torchvision's layout
+        if (raw / "train-images-idx3-ubyte.gz").is_file():
+            return raw
+    target = Path(root) if root else Path.home() / ".cache/rdd/fashion-mnist"
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+        return target / "FashionMNIST" / "raw"
+    except Exception:
+        raise RddError(
+            "Fashion-MNIST not found; install it with `apt-get install dataset-fashion-mnist` "
+            "or put the IDX files in the folder given by data.root"
+        ) from None
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    gz = folder / f"{stem}.gz"
+    return gz if gz.is_file() else folder / stem
+
+
+def to_resolution(images: torch.Tensor, resolution: int, mode: str) -> torch.Tensor:
+    """Bring (N, C, H, W) images in [-1, 1] to `resolution` by bilinear resize or by padding with -1."""
+    size = images.shape[-1]
+    if size == resolution:
+        return images
+    if mode == "pad":
+        if resolution < size:
+            raise RddError(f"cannot pad {size}x{size} images down to {resolution}; use data.resize=bilinear")
+        before = (resolution - size) // 2
+        after = resolution - size - before
+        return F.pad(images, (before, after, before, after), value=-1.0)
+    if mode == "bilinear":
+        return F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    raise RddError(f"unknown data.resize '{mode}'; use bilinear or pad")
+
+
+def fashion_mnist(cfg: DataConfig, split: str) -> TensorDataset:
+    folder = _find_fashion_mnist(cfg.root)
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    x = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).unsqueeze(1)
+    x = to_resolution(x, cfg.resolution, cfg.resize)
+    if cfg.channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+class _TorchvisionImages(Dataset):
+    """Wraps a torchvision image data set: PIL -> tensor in [-1, 1] at the configured resolution."""
+
+    def __init__(self, base, resolution: int):
+        from torchvision import transforms
+
+        self.base = base
+        self.transform = transforms.Compose([
+            transforms.Resize(resolution, antialias=True),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize(0.5, 0.5),
+        ])
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return self.transform(image.convert("RGB")), label
+
+
+def cifar10(cfg: DataConfig, split: str) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    root = cfg.root or str(Path.home() / ".cache/rdd/cifar10")
+    try:
+        base = CIFAR10(root, train=split == "train", download=False)
+    except RuntimeError:
+        try:
+            base = CIFAR10(root, train=split == "train", download=True)
+        except Exception:
+            raise RddError(f"CIFAR-10 not found in '{root}'; put cifar-10-batches-py there or set data.root") from None
+    return _TorchvisionImages(base, cfg.resolution)
+
+
+def imagenet64(cfg: DataConfig, split: str) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    if not cfg.root:
+        raise RddError("ImageNet 64x64 needs data.root: a folder with train/ and val/, one sub-folder per class")
+    folder = Path(cfg.root) / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise RddError(f"ImageNet folder '{folder}' not found; set data.root to a folder with train/ and val/ class folders")
+    return _TorchvisionImages(ImageFolder(str(folder)), cfg.resolution)
+
+
+DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet64": imagenet64}
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    if cfg.dataset not in DATASETS:
+        raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[cfg.dataset](cfg, split)
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2, drawing from `generator` so resuming reproduces it."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Epoch-seeded shuffling, sharded over ranks like DistributedSampler, that can start mid-epoch."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world: int = 1):
+        self.length, self.seed, self.rank, self.world = length, seed, rank, world
+        self.per_rank = length // world
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int):
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.length, generator=g)[: self.per_rank * self.world]
+        mine = order[self.rank:: self.world]
+        return iter(mine[self.start:].tolist())
+
+    def __len__(self):
+        return self.per_rank - self.start

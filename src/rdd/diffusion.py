@@ -1,0 +1,129 @@
+"""Diffusion core: the one place for schedule math, the DDIM step, samplers and the PD target.
+
+Variance-preserving cosine schedule on continuous t in [0, 1] (SPEC §1):
+    z_t = alpha_t x + sigma_t eps,  alpha_t = cos(pi t / 2),  sigma_t = sin(pi t / 2).
+The network predicts x; eps and v are derived from it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rdd.errors import RddError
+
+# A denoiser maps (z_t, t, labels) to x_hat; t is a (B,) tensor of continuous times.
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_t = cos(pi t/2), sigma_t = sin(pi t/2); alpha_1 is set to exactly 0."""
+    t = torch.as_tensor(t)
+    t = t if t.is_floating_point() else t.float()
+    alpha = torch.where(t >= 1, torch.zeros_like(t), torch.cos(0.5 * math.pi * t))
+    return alpha, torch.sin(0.5 * math.pi * t)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z_t = alpha_t x + sigma_t eps."""
+    alpha, sigma = alpha_sigma(t)
+    return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+
+
+def eps_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """eps_hat = (z_t - alpha_t x_hat) / sigma_t (undefined at t = 0)."""
+    alpha, sigma = alpha_sigma(t)
+    return (z_t - _bcast(alpha, z_t) * x) / _bcast(sigma, z_t)
+
+
+def v_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """v = alpha_t eps - sigma_t x."""
+    alpha, sigma = alpha_sigma(t)
+    return _bcast(alpha, z_t) * eps_from_x(z_t, t, x) - _bcast(sigma, z_t) * x
+
+
+def x_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """x = alpha_t z_t - sigma_t v."""
+    alpha, sigma = alpha_sigma(t)
+    return _bcast(alpha, z_t) * z_t - _bcast(sigma, z_t) * v
+
+
+def ddim_step(z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t, for s < t."""
+    alpha_s, sigma_s = alpha_sigma(s)
+    return _bcast(alpha_s, z_t) * x_hat + _bcast(sigma_s, z_t) * eps_from_x(z_t, t, x_hat)
+
+
+def truncated_snr_weight(t: torch.Tensor) -> torch.Tensor:
+    """omega_t = max(alpha_t^2 / sigma_t^2, 1): the truncated-SNR weight of the x-error."""
+    alpha, sigma = alpha_sigma(t)
+    return torch.clamp(alpha**2 / sigma.clamp_min(1e-12) ** 2, min=1.0)
+
+
+def time_grid(steps: int, device=None) -> torch.Tensor:
+    """The N-step grid 1, (N-1)/N, ..., 1/N, 0."""
+    if steps < 1:
+        raise RddError(f"step count must be a positive integer, got {steps}")
+    return torch.arange(steps, -1, -1, device=device, dtype=torch.float32) / steps
+
+
+def check_halving(teacher_steps: int, target_steps: int = 1) -> list[int]:
+    """The chain teacher_steps -> ... -> target_steps, refusing counts that do not halve."""
+    if teacher_steps < 2 or target_steps < 1 or teacher_steps <= target_steps:
+        raise RddError(f"cannot distil {teacher_steps} steps to {target_steps}: the teacher needs more steps than the student")
+    chain = [teacher_steps]
+    while chain[-1] > target_steps:
+        if chain[-1] % 2:
+            raise RddError(
+                f"step count {chain[-1]} does not halve cleanly on the way from {teacher_steps} to {target_steps}; "
+                "use powers of two such as 8 -> 4 -> 2 -> 1"
+            )
+        chain.append(chain[-1] // 2)
+    if chain[-1] != target_steps:
+        raise RddError(f"{teacher_steps} steps do not reach {target_steps} by halving; pick a target in {chain}")
+    return chain
+
+
+def predict_x(model: Denoiser, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, clip: bool = True) -> torch.Tensor:
+    t = t.to(z_t.device).expand(z_t.shape[0]) if t.dim() == 0 else t
+    x_hat = model(z_t, t, labels)
+    return x_hat.clamp(-1, 1) if clip else x_hat
+
+
+def teacher_two_step_target(teacher: Denoiser, z_t: torch.Tensor, t: torch.Tensor, teacher_steps: int,
+                            labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The PD target x~ (SPEC §2): two teacher DDIM steps t -> t - 1/N -> t - 2/N, then
+    x~ = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t),
+    the x for which one student DDIM step from z_t lands exactly on z_t''."""
+    dt = 1.0 / teacher_steps
+    t1, t2 = (t - dt).clamp_min(0), (t - 2 * dt).clamp_min(0)
+    z1 = ddim_step(z_t, predict_x(teacher, z_t, t, labels), t, t1)
+    z2 = ddim_step(z1, predict_x(teacher, z1, t1, labels), t1, t2)
+    alpha_t, sigma_t = alpha_sigma(t)
+    alpha_2, sigma_2 = alpha_sigma(t2)
+    ratio = sigma_2 / sigma_t
+    return (z2 - _bcast(ratio, z_t) * z_t) / _bcast(alpha_2 - ratio * alpha_t, z_t)
+
+
+@torch.no_grad()
+def ddim_sample(model: Denoiser, noise: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """N-step deterministic DDIM from z_1 = noise on the grid 1, (N-1)/N, ..., 0."""
+    grid = time_grid(steps, noise.device)
+    z = noise
+    for i in tqdm(range(steps), desc=f"DDIM {steps} steps", disable=not progress, leave=False):
+        t, s = grid[i].expand(z.shape[0]), grid[i + 1].expand(z.shape[0])
+        z = ddim_step(z, predict_x(model, z, t, labels), t, s)
+    return z
+
+
+def sample_student_times(batch: int, student_steps: int, generator=None, device=None) -> torch.Tensor:
+    """Uniform draw from the student's grid points {1/N_s, ..., 1} (SPEC §2)."""
+    i = torch.randint(1, student_steps + 1, (batch,), generator=generator, device=device)
+    return i.float() / student_steps

@@ -1,0 +1,54 @@
+"""Metrics to a JSONL file (and TensorBoard when installed); image grids."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+
+class MetricsLog:
+    def __init__(self, out_dir: str | Path, enabled: bool = True, name: str = "metrics.jsonl"):
+        self.enabled = enabled
+        self.path = Path(out_dir) / name
+        self.tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after `step`, so a resumed run does not log a step twice."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in lines))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
+    """Save images in [-1, 1] as a PNG grid."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(path), nrow=nrow, padding=1, pad_value=1.0)

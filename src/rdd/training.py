@@ -1,0 +1,227 @@
+"""The training loop shared by base training and every distillation method.
+
+An objective turns a batch into a loss; this loop owns everything else: data order, Adam with
+warmup and an optional cosine decay, gradient clipping, EMA, bf16 autocast on GPU, DDP,
+JSONL/TensorBoard metrics, sample grids, and atomic checkpoints that resume exactly.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rdd.checkpoint import load_checkpoint, load_module_state, require_keys, save_checkpoint
+from rdd.config import ExperimentConfig, to_dict
+from rdd.data import ResumableSampler, load_dataset, random_hflip
+from rdd.diffusion import ddim_sample
+from rdd.distributed import DistContext, all_gather_objects
+from rdd.errors import RddError
+from rdd.logging import MetricsLog, save_grid
+
+TRAIN_STATE = "train_state.pt"  # everything needed to resume
+MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
+
+
+class Objective(Protocol):
+    """Loss of one batch. `modules` holds its trainable parts and state (projection head, queue)."""
+
+    modules: nn.ModuleDict
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        ...
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def _rng_state() -> dict:
+    """All randomness of a step (t, noise, flips, queue pushes) comes from torch's generators."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def export_model(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict) -> None:
+    """The sampling checkpoint: EMA weights, the config that builds the network, and its step count."""
+    save_checkpoint({"kind": "diffusion", "model": model.state_dict(), "config": to_dict(cfg), **meta}, path)
+
+
+class Batches:
+    """Endless (x, labels) batches in a resumable order: the position is (epoch, batches taken)."""
+
+    def __init__(self, cfg: ExperimentConfig, ctx: DistContext, per_rank_batch: int):
+        dataset = load_dataset(cfg.data, "train")
+        self.sampler = ResumableSampler(len(dataset), cfg.train.seed, ctx.rank, ctx.world)
+        self.loader_args = dict(dataset=dataset, batch_size=per_rank_batch, sampler=self.sampler, drop_last=True,
+                                num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
+        self.epoch, self.taken = 0, 0
+        self.iterator = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.taken, self.iterator = state["epoch"], state["taken"], None
+
+    def next(self):
+        while True:
+            if self.iterator is None:
+                self.sampler.set_position(self.epoch, self.taken * self.loader_args["batch_size"])
+                self.iterator = iter(DataLoader(**self.loader_args))
+            try:
+                batch = next(self.iterator)
+                self.taken += 1
+                return batch
+            except StopIteration:
+                self.epoch, self.taken, self.iterator = self.epoch + 1, 0, None
+
+
+def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: str | Path, ctx: DistContext, *,
+        iterations: int, lr: float, meta: dict, resume: bool = False, grid_steps: int | None = None,
+        desc: str = "train") -> nn.Module:
+    """Train `model` on `objective` for `iterations` steps; returns the EMA model."""
+    out_dir = Path(out_dir)
+    tc = cfg.train
+    if tc.batch_size % ctx.world:
+        raise RddError(f"train.batch_size {tc.batch_size} does not split over {ctx.world} processes; use a multiple of {ctx.world}")
+    torch.manual_seed(tc.seed * 1000 + ctx.rank)
+    model = model.to(ctx.device)
+    objective.modules.to(ctx.device)
+    if ctx.world > 1 and ctx.device.type == "cuda":
+        objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
+    ema = EMA(model, tc.ema_decay)
+    trainable = [p for p in objective.modules.parameters() if p.requires_grad]
+    params = list(model.parameters()) + trainable
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
+    batches = Batches(cfg, ctx, tc.batch_size // ctx.world)
+    log = MetricsLog(out_dir, enabled=ctx.is_main)
+    step = 0
+
+    state_path = out_dir / TRAIN_STATE
+    if resume and state_path.is_file():
+        state = load_checkpoint(state_path)
+        require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], state_path, "training-state")
+        load_module_state(model, state["model"], state_path, "model")
+        load_module_state(ema.model, state["ema"], state_path, "EMA")
+        load_module_state(objective.modules, state["objective"], state_path, "objective")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        batches.restore(state["data"])
+        _set_rng_state(state["rng"][ctx.rank])
+        log.truncate_after(step)
+    elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
+        (out_dir / "metrics.jsonl").unlink()
+
+    train_model = DistributedDataParallel(model) if ctx.world > 1 else model
+    grid_gen = torch.Generator().manual_seed(1234)
+    grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution, generator=grid_gen).to(ctx.device)
+    grid_labels = (torch.arange(tc.num_grid, device=ctx.device) % cfg.model.num_classes) if cfg.model.num_classes else None
+    grid_steps = grid_steps or tc.sample_steps
+
+    def save(path_step: int) -> None:
+        rng = all_gather_objects(_rng_state())
+        if ctx.is_main:
+            save_checkpoint({
+                "model": model.state_dict(), "ema": ema.model.state_dict(), "objective": objective.modules.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": path_step,
+                "rng": rng, "data": batches.state(), "config": to_dict(cfg), "meta": meta,
+            }, state_path)
+
+    def write_grid(at_step: int) -> Path:
+        path = out_dir / "grids" / f"step{at_step:07d}.png"
+        if ctx.is_main:
+            save_grid(ddim_sample(ema.model, grid_noise, grid_steps, grid_labels), path)
+        return path
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and ctx.device.type == "cuda")
+    bar = tqdm(range(step, iterations), initial=step, total=iterations, desc=desc, disable=not ctx.is_main, dynamic_ncols=True)
+    for step in bar:
+        x, labels = batches.next()
+        x = x.to(ctx.device, non_blocking=True)
+        labels = labels.to(ctx.device) if cfg.model.num_classes else None
+        if cfg.data.hflip:
+            x = random_hflip(x)
+        with autocast:
+            loss, logs = objective(train_model, x, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.world > 1 and trainable:
+            for p in trainable:  # objective parts live outside DDP: average their gradients by hand
+                dist.all_reduce(p.grad)
+                p.grad /= ctx.world
+        grad_norm = nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        done = step + 1
+        if done % tc.log_every == 0 or done == iterations:
+            values = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                      **{k: float(v) for k, v in logs.items()}}
+            log.write(done, **values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if done % tc.ckpt_every == 0 and done < iterations:
+            save(done)
+        if tc.sample_every and done % tc.sample_every == 0:
+            write_grid(done)
+    save(iterations)
+    if ctx.is_main:
+        export_model(out_dir / MODEL_FILE, ema.model, cfg, meta)
+        final_grid = out_dir / "grids" / f"step{iterations:07d}.png"
+        if not final_grid.exists():
+            write_grid(iterations)
+        (out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+    log.close()
+    return ema.model
+
+
+def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
+    """Rebuild a diffusion model from `model.pt` (or a training state); returns (model, config, meta)."""
+    from rdd.config import from_dict
+    from rdd.networks import build_model
+
+    state = load_checkpoint(path)
+    if "config" not in state or not ("model" in state or "ema" in state):
+        raise RddError(f"checkpoint '{path}' is not an rdd diffusion checkpoint (no config/model); pass a model.pt written by rdd train or rdd distill")
+    cfg = from_dict(state["config"])
+    model = build_model(cfg.model, cfg.data)
+    load_module_state(model, state["ema"] if "ema" in state else state["model"], path, "diffusion")
+    meta = state.get("meta", {k: v for k, v in state.items() if k not in ("model", "config", "kind")})
+    return model.to(device).eval(), cfg, meta
