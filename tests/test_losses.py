@@ -1,12 +1,10 @@
 """Distillation losses against loop-by-loop references of their equations, the pixel queue, LPIPS."""
 import math
 
-import lpips
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torchvision import models
 
 from rdd.errors import RddError
 from rdd.losses import (
@@ -256,17 +254,22 @@ def test_queue_gathers_pixels_from_all_ranks(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# LPIPS
+# LPIPS (lpips and torchvision are imported in the tests: the spawned workers above import this
+# module, and these two would add seconds to their start)
 
 
 @pytest.fixture(scope="module")
 def vgg_file(tmp_path_factory):
+    from torchvision import models
+
     path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
     torch.save(models.vgg16().state_dict(), path)
     return path
 
 
 def test_lpips_loads_local_backbone(vgg_file):
+    import lpips
+
     loss = LPIPSLoss(backbone_weights=vgg_file)
     saved = torch.load(vgg_file, weights_only=True)
     convs = [(name, m) for name, m in loss.lpips.net.named_modules() if isinstance(m, torch.nn.Conv2d)]

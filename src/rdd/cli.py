@@ -15,6 +15,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> None:
+    import torch
+
     from rdd.config import load_config
     from rdd.distributed import init_distributed
     from rdd.losses.truncated_snr import TruncatedSNRLoss
@@ -23,6 +25,7 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     ctx = init_distributed()
+    torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.data)
     fit(cfg, model, TruncatedSNRLoss(), args.out, ctx, iterations=cfg.train.iterations, lr=cfg.train.lr,
         meta={"sampling_steps": None, "method": "base"}, resume=args.resume, desc="train teacher")

@@ -103,7 +103,9 @@ class Batches:
         while True:
             if self.iterator is None:
                 self.sampler.set_position(self.epoch, self.taken * self.loader_args["batch_size"])
-                self.iterator = iter(DataLoader(**self.loader_args))
+                # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run diverges.
+                generator = torch.Generator().manual_seed(self.epoch)
+                self.iterator = iter(DataLoader(**self.loader_args, generator=generator))
             try:
                 batch = next(self.iterator)
                 self.taken += 1
@@ -125,6 +127,8 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     objective.modules.to(ctx.device)
     if ctx.world > 1 and ctx.device.type == "cuda":
         objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
+    # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
+    train_model = DistributedDataParallel(model) if ctx.world > 1 else model
     ema = EMA(model, tc.ema_decay)
     trainable = [p for p in objective.modules.parameters() if p.requires_grad]
     params = list(model.parameters()) + trainable
@@ -150,7 +154,6 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()
 
-    train_model = DistributedDataParallel(model) if ctx.world > 1 else model
     grid_gen = torch.Generator().manual_seed(1234)
     grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution, generator=grid_gen).to(ctx.device)
     grid_labels = (torch.arange(tc.num_grid, device=ctx.device) % cfg.model.num_classes) if cfg.model.num_classes else None

@@ -7,9 +7,7 @@ import torch.nn.functional as F
 def kl_rows(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau_t: float, tau_s: float
 ) -> torch.Tensor:
-    """KL(softmax(teacher / tau_t) || softmax(student / tau_s)) over the last dim.
-
-    Averaged over all leading rows.
+    """KL(softmax(teacher / tau_t) || softmax(student / tau_s)) over the last dim, mean over rows.
 
     Computed in at least float32 (half and bfloat16 inputs are upcast, float64 stays float64)
     so that autocast does not take the log-softmax into low precision.

@@ -3,18 +3,16 @@
 import warnings
 from pathlib import Path
 
-import lpips
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
 from rdd.errors import RddError
 
-# lpips trunk name -> torchvision builder and the ImageNet weights lpips would download
+# lpips trunk name -> torchvision builder, its ImageNet weights (what lpips would download), label
 _BACKBONES = {
-    "vgg": (models.vgg16, models.VGG16_Weights.IMAGENET1K_V1, "VGG16"),
-    "alex": (models.alexnet, models.AlexNet_Weights.IMAGENET1K_V1, "AlexNet"),
+    "vgg": ("vgg16", "VGG16_Weights", "VGG16"),
+    "alex": ("alexnet", "AlexNet_Weights", "AlexNet"),
 }
 
 # VGG16's relu5_3 sits behind four 2x max-pools and AlexNet's last layers behind a stride-4 conv
@@ -39,7 +37,12 @@ class LPIPSLoss(nn.Module):
         super().__init__()
         if net not in _BACKBONES:
             raise RddError(f"unknown LPIPS net {net!r}; choose one of {sorted(_BACKBONES)}")
-        build, imagenet, name = _BACKBONES[net]
+        # imported here: lpips and torchvision are slow to import and only PD+LPIPS needs them
+        import lpips
+        from torchvision import models
+
+        builder, weights_enum, name = _BACKBONES[net]
+        build, imagenet = getattr(models, builder), getattr(models, weights_enum).IMAGENET1K_V1
         if backbone_weights is None:
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet.url).name
             if not cached.is_file():
@@ -59,8 +62,8 @@ class LPIPSLoss(nn.Module):
             self.lpips = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
         with torch.device("meta"):
             backbone = build()  # shapes only: every weight comes from the file
-        trunk = torch.load(backbone_weights, map_location="cpu", weights_only=True)
-        backbone.load_state_dict(trunk, assign=True)
+        saved = torch.load(backbone_weights, map_location="cpu", weights_only=True)
+        backbone.load_state_dict(saved, assign=True)
         # lpips splits torchvision's `features` into slices that keep the layer indices as names
         trunk = {
             f"{slice_name}.{index}.{key}": value

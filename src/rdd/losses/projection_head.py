@@ -25,5 +25,5 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
     def sync_batchnorm(self) -> nn.Module:
-        """This head with its BatchNorm converted to SyncBatchNorm (for DDP)."""
+        """Convert the BatchNorm to SyncBatchNorm (for DDP), in place; returns this head."""
         return nn.SyncBatchNorm.convert_sync_batchnorm(self)

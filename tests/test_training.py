@@ -1,0 +1,86 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT, rdd_command, run_rdd
+from rdd.checkpoint import load_checkpoint
+from rdd.config import load_config
+from rdd.networks import build_model
+from rdd.logging import read_metrics
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_args):
+    args = ["train", *tiny_args, "--set", "train.iterations=24", "--set", "train.ckpt_every=5"]
+    run_rdd(*args, "--out", str(tmp_path / "straight"))
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(rdd_command(*args, "--out", str(out)), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill between checkpoints (after step 5 was saved, before 24)
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before it was killed"
+    saved_step = load_checkpoint(out / "train_state.pt")["step"]
+    assert 5 <= saved_step < 24
+
+    run_rdd(*args, "--out", str(out), "--resume")
+    assert_same_weights(weights(tmp_path / "straight" / "model.pt"), weights(out / "model.pt"))
+    assert_same_weights(load_checkpoint(tmp_path / "straight" / "train_state.pt")["model"],
+                        load_checkpoint(out / "train_state.pt")["model"])
+    steps = [m["step"] for m in read_metrics(metrics)]
+    assert steps == list(range(1, 25))  # the resumed log has every step once
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert [m["loss"] for m in straight] == [m["loss"] for m in read_metrics(metrics)]
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights(tmp_path, tiny_args):
+    out = tmp_path / "ddp"
+    overrides = [a for a in tiny_args if a != "--set"] + ["train.iterations=4", "train.ckpt_every=100"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(ROOT / "tests" / "ddp_train_worker.py"), str(out), *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same_weights(rank0, rank1)
+    untrained = build_model(load_config(None, overrides).model, load_config(None, overrides).data).state_dict()
+    assert any(not torch.equal(rank0[k], untrained[k]) for k in rank0)  # it did train
+    assert load_checkpoint(out / "model.pt")["kind"] == "diffusion"
+    assert len(read_metrics(out / "metrics.jsonl")) == 4  # only rank 0 writes
+    state = load_checkpoint(out / "train_state.pt")
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_train_writes_checkpoint_grid_and_metrics(tmp_path, tiny_args):
+    out = tmp_path / "run"
+    run_rdd("train", *tiny_args, "--set", "train.iterations=6", "--set", "train.sample_every=3", "--out", str(out))
+    assert (out / "grids" / "step0000003.png").is_file() and (out / "samples.png").is_file()
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 7)) and all(m["loss"] > 0 for m in lines)
+    grid = tmp_path / "grid.png"
+    run_rdd("sample", "--ckpt", str(out / "model.pt"), "--steps", "3", "--num", "9", "--out", str(grid), "--npz", str(tmp_path / "s.npz"))
+    import numpy as np
+    from PIL import Image
+    assert Image.open(grid).size == (3 * 17 + 1, 3 * 17 + 1)
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8
