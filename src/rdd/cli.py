@@ -33,6 +33,47 @@ def cmd_train(args) -> None:
         print(f"wrote {Path(args.out) / 'model.pt'} and {Path(args.out) / 'samples.png'}")
 
 
+def _distill_config(args):
+    from rdd.config import load_config
+
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"distill.method={args.method}")
+    return load_config(args.config, overrides)
+
+
+def cmd_distill(args) -> None:
+    from rdd.distill import run_stage
+    from rdd.distributed import init_distributed
+
+    cfg = _distill_config(args)
+    ctx = init_distributed()
+    path = run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume)
+    if ctx.is_main:
+        print(f"wrote {path}")
+
+
+def cmd_progressive(args) -> None:
+    from rdd.distill import run_progressive
+    from rdd.distributed import init_distributed
+
+    cfg = _distill_config(args)
+    if args.to is not None:
+        cfg.distill.target_steps = args.to
+    ctx = init_distributed()
+    models = run_progressive(cfg, args.teacher, args.out, ctx)
+    if ctx.is_main:
+        print("\n".join(f"wrote {m}" for m in models))
+
+
+def cmd_train_classifier(args) -> None:
+    from rdd.classifier import train_classifier
+    from rdd.config import load_config
+
+    result = train_classifier(load_config(args.config, args.overrides), args.out)
+    print(f"test accuracy {result['test_accuracy']:.4f}; wrote {result['path']}")
+
+
 def cmd_sample(args) -> None:
     from rdd.sampling import sample_command
 
@@ -59,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG grid to write")
     p.add_argument("--npz", help=".npz of uint8 NHWC images to write")
     p.set_defaults(func=cmd_sample)
+
+    for name, func, text in [("distill", cmd_distill, "distil one stage: an N-step teacher into an N/2-step student"),
+                             ("progressive", cmd_progressive, "distil a chain N -> N/2 -> ... -> --to, resuming finished stages")]:
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("--teacher", required=True, help="model.pt of the teacher (a base model or a student)")
+        p.add_argument("--method", help="pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m (default: distill.method)")
+        p.add_argument("--out", required=True, help="run folder")
+        if name == "distill":
+            p.add_argument("--stage", type=int, default=0, help="index into the per-stage lists (iterations, tau_cfd)")
+            p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+        else:
+            p.add_argument("--to", type=int, help="target step count (default: distill.target_steps)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
+    p.set_defaults(func=cmd_train_classifier)
     return parser
 
 

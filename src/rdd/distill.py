@@ -1,0 +1,99 @@
+"""Distillation stages N -> N/2 and progressive chains N -> ... -> target (SPEC §2, §5).
+
+A stage's student starts as a copy of its teacher; a chain runs stages in folders
+`stage-{N}to{N/2}` and, after an interruption, resumes at the first unfinished one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from rdd.classifier import load_classifier
+from rdd.config import ExperimentConfig
+from rdd.diffusion import check_halving
+from rdd.distributed import DistContext, barrier
+from rdd.errors import RddError
+from rdd.methods import DistillationObjective, needs_classifier
+from rdd.training import MODEL_FILE, fit, load_diffusion_model
+
+
+def per_stage(values: list, index: int):
+    """The stage's entry of a per-stage list; the last entry repeats for later stages."""
+    return values[min(index, len(values) - 1)]
+
+
+def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
+    """A distilled teacher samples at its own N; a base model at distill.teacher_steps."""
+    own = meta.get("sampling_steps")
+    if own and own != cfg.distill.teacher_steps:
+        raise RddError(f"teacher '{path}' was distilled for {own} steps but distill.teacher_steps is "
+                       f"{cfg.distill.teacher_steps}; set --set distill.teacher_steps={own}")
+    return own or cfg.distill.teacher_steps
+
+
+def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig) -> ExperimentConfig:
+    """The student is the teacher's network: take its architecture and image shape, keep the rest."""
+    model = dataclasses.replace(teacher_cfg.model, dropout=cfg.model.dropout)
+    data = dataclasses.replace(cfg.data, dataset=teacher_cfg.data.dataset, resolution=teacher_cfg.data.resolution,
+                               channels=teacher_cfg.data.channels)
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
+def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
+              stage_index: int = 0, resume: bool = True) -> Path:
+    """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
+    teacher, teacher_cfg, meta = load_diffusion_model(teacher_path, ctx.device)
+    teacher_steps = teacher_step_count(meta, cfg, teacher_path)
+    check_halving(teacher_steps, teacher_steps // 2)
+    cfg = stage_config(cfg, teacher_cfg)
+    classifier = None
+    if needs_classifier(cfg.distill.method):
+        if not cfg.classifier.checkpoint:
+            raise RddError(f"method '{cfg.distill.method}' needs a trained classifier: set classifier.checkpoint=PATH "
+                           "(make one with `rdd train-classifier`)")
+        classifier = load_classifier(cfg.classifier.checkpoint, ctx.device)
+    tau_cfd = per_stage(cfg.distill.tau_cfd, stage_index)
+    iterations = per_stage(cfg.distill.iterations, stage_index)
+    objective = DistillationObjective(cfg, teacher, teacher_steps, tau_cfd, classifier).to(ctx.device)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    student_steps = teacher_steps // 2
+    meta = {"sampling_steps": student_steps, "teacher_steps": teacher_steps, "method": cfg.distill.method,
+            "tau_cfd": tau_cfd, "teacher": str(teacher_path)}
+    fit(cfg, student, objective, out_dir, ctx, iterations=iterations, lr=cfg.train.lr, meta=meta, resume=resume,
+        grid_steps=student_steps, desc=f"{cfg.distill.method} {teacher_steps}->{student_steps}")
+    return Path(out_dir) / MODEL_FILE
+
+
+def stage_dir(out_dir: Path, steps: int) -> Path:
+    return out_dir / f"stage-{steps}to{steps // 2}"
+
+
+def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext) -> list[Path]:
+    """Run the chain teacher_steps -> ... -> target_steps, skipping finished stages."""
+    out_dir = Path(out_dir)
+    _, _, meta = load_diffusion_model(teacher_path)
+    chain = check_halving(teacher_step_count(meta, cfg, teacher_path), cfg.distill.target_steps)
+    summary_path = out_dir / "chain.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"method": cfg.distill.method, "stages": {}}
+    models, teacher = [], Path(teacher_path)
+    for index, steps in enumerate(chain[:-1]):
+        folder = stage_dir(out_dir, steps)
+        if (folder / MODEL_FILE).is_file():
+            if ctx.is_main:
+                print(f"stage {steps}->{steps // 2}: done, skipping ({folder / MODEL_FILE})")
+        else:
+            stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
+            start = time.time()
+            run_stage(stage_cfg, teacher, folder, ctx, stage_index=index, resume=True)
+            summary["stages"][f"{steps}to{steps // 2}"] = {"seconds": round(time.time() - start, 1), "model": str(folder / MODEL_FILE)}
+            if ctx.is_main:
+                summary_path.write_text(json.dumps(summary, indent=2))
+        barrier()
+        teacher = folder / MODEL_FILE
+        models.append(teacher)
+    return models
