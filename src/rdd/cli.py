@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
     p.set_defaults(func=cmd_train_classifier)
+    from rdd.metrics import add_eval_parser, add_train_evalnet_parser
+    add_eval_parser(sub)
+    add_train_evalnet_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,9 +45,18 @@ def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig) -> Experi
     return dataclasses.replace(cfg, model=model, data=data)
 
 
-def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
-              stage_index: int = 0, resume: bool = True) -> Path:
-    """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
+@dataclass
+class Stage:
+    """Everything one stage trains: the student (a copy of the teacher), its objective and settings."""
+
+    cfg: ExperimentConfig
+    student: torch.nn.Module
+    objective: DistillationObjective
+    iterations: int
+    meta: dict
+
+
+def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
     teacher, teacher_cfg, meta = load_diffusion_model(teacher_path, ctx.device)
     teacher_steps = teacher_step_count(meta, cfg, teacher_path)
     check_halving(teacher_steps, teacher_steps // 2)
@@ -58,15 +68,24 @@ def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Pa
                            "(make one with `rdd train-classifier`)")
         classifier = load_classifier(cfg.classifier.checkpoint, ctx.device)
     tau_cfd = per_stage(cfg.distill.tau_cfd, stage_index)
-    iterations = per_stage(cfg.distill.iterations, stage_index)
     objective = DistillationObjective(cfg, teacher, teacher_steps, tau_cfd, classifier).to(ctx.device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    student_steps = teacher_steps // 2
-    meta = {"sampling_steps": student_steps, "teacher_steps": teacher_steps, "method": cfg.distill.method,
+    meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
             "tau_cfd": tau_cfd, "teacher": str(teacher_path)}
-    fit(cfg, student, objective, out_dir, ctx, iterations=iterations, lr=cfg.train.lr, meta=meta, resume=resume,
-        grid_steps=student_steps, desc=f"{cfg.distill.method} {teacher_steps}->{student_steps}")
+    return Stage(cfg, student, objective, per_stage(cfg.distill.iterations, stage_index), meta)
+
+
+def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True) -> Path:
+    steps = stage.meta["sampling_steps"]
+    fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
+        meta=stage.meta, resume=resume, grid_steps=steps, desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
     return Path(out_dir) / MODEL_FILE
+
+
+def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
+              stage_index: int = 0, resume: bool = True) -> Path:
+    """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
+    return train_stage(build_stage(cfg, teacher_path, ctx, stage_index), out_dir, ctx, resume)
 
 
 def stage_dir(out_dir: Path, steps: int) -> Path:

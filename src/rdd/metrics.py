@@ -1,0 +1,278 @@
+"""Sample quality: domain FD/IS with the independent evaluation network, FID/IS/KID with Inception-v3.
+
+Domain metrics use `rdd train-evalnet`'s CNN: FD between its penultimate features of generated and
+test images, IS from its logits. The test split's statistics are computed once and cached to an .npz
+stamped with the evalnet's checksum and the data config, so a changed network or data set recomputes.
+Standard FID/IS/KID go through torch-fidelity's Inception-v3 from a local weights file (no download);
+torch-fidelity caches the test split's features under `cache_root`, named by the same kind of stamp.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from rdd.checkpoint import load_checkpoint
+from rdd.config import DataConfig
+from rdd.data import load_dataset
+from rdd.errors import RddError
+from rdd.sampling import to_uint8_nhwc
+
+EVALNET_SEED_OFFSET = 1000  # the evalnet never shares the distillation classifier's seed
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
+
+
+# ----------------------------------------------------------------------------------------------
+# Arithmetic
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of (N, D) features."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), through torch-fidelity's implementation."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    stats = [{"mu": np.asarray(m, np.float64), "sigma": np.asarray(s, np.float64)} for m, s in ((mu1, sigma1), (mu2, sigma2))]
+    return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
+
+
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+    """exp(E KL(p(y|x) || p(y))) per split of the logits: (mean, std) over splits."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    out = isc_features_to_metric(torch.as_tensor(logits), splits=splits, shuffle=False)
+    return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache stamps: a cache is reused only for the same network weights and data
+
+def file_digest(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def reference_key(weights: str | Path, data: DataConfig) -> str:
+    """Checksum of the network + the data fields that change the test images."""
+    fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip")}
+    return hashlib.sha256(f"{file_digest(weights)}|{json.dumps(fields, sort_keys=True)}".encode()).hexdigest()[:16]
+
+
+def _image_batches(images, batch_size: int):
+    """Batches of [-1, 1] images from a tensor or from a data set of (image, label)."""
+    if isinstance(images, torch.Tensor):
+        yield from images.split(batch_size)
+    else:
+        for x, _ in DataLoader(images, batch_size=batch_size):
+            yield x
+
+
+# ----------------------------------------------------------------------------------------------
+# Domain metrics with the evaluation network
+
+def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
+    from rdd.classifier import load_classifier
+
+    state = load_checkpoint(path)
+    if state.get("arch") != "evalnet-cnn":
+        raise RddError(f"'{path}' is not an evaluation network (arch {state.get('arch')!r}); train one with `rdd train-evalnet`")
+    if (state["in_channels"], state["resolution"]) != (data.channels, data.resolution):
+        raise RddError(f"evalnet '{path}' was trained on {state['in_channels']}x{state['resolution']}x{state['resolution']} images, "
+                       f"the model makes {data.channels}x{data.resolution}x{data.resolution}; train an evalnet with the same data config")
+    return load_classifier(path, device)
+
+
+@torch.no_grad()
+def evalnet_outputs(evalnet, images, batch_size: int = 500, progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+    """Penultimate features (float64 numpy) and logits of `images` (a tensor or a data set)."""
+    device = next(evalnet.parameters()).device
+    features, logits = [], []
+    total = (len(images) + batch_size - 1) // batch_size
+    for x in tqdm(_image_batches(images, batch_size), total=total, desc="evalnet features", disable=not progress, leave=False):
+        out = evalnet(x.to(device))
+        features.append(out.pooled.double().cpu())
+        logits.append(out.logits.double().cpu())
+    return torch.cat(features).numpy(), torch.cat(logits)
+
+
+def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str | Path | None = None, device="cpu",
+                         batch_size: int = 500, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the evalnet features of the test split, cached to `cache` (default: beside the evalnet)."""
+    cache = Path(cache) if cache else Path(evalnet_path).parent / "reference_stats.npz"
+    key = reference_key(evalnet_path, data)
+    if cache.is_file():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                return f["mu"], f["sigma"]
+        print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
+    evalnet = load_evalnet(evalnet_path, data, device)
+    features, _ = evalnet_outputs(evalnet, load_dataset(data, "test"), batch_size, progress)
+    mu, sigma = feature_statistics(features)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")  # atomic: a reader never sees half a file
+    np.savez(tmp, key=key, mu=mu, sigma=sigma)
+    os.replace(tmp, cache)
+    return mu, sigma
+
+
+def domain_metrics(evalnet, images, reference_stats, batch_size: int = 500, progress: bool = True) -> dict:
+    """FD to the reference statistics and IS of `images` ([-1, 1]) under the evaluation network."""
+    features, logits = evalnet_outputs(evalnet, images, batch_size, progress)
+    fd = frechet_distance(*feature_statistics(features), *reference_stats)
+    is_mean, is_std = inception_score(logits)
+    return {"fd": fd, "is": is_mean, "is_std": is_std}
+
+
+# ----------------------------------------------------------------------------------------------
+# Standard FID / IS / KID through torch-fidelity's Inception-v3
+
+class Uint8Images(Dataset):
+    """[-1, 1] images (a tensor, or a data set of (image, label)) as the uint8 3xHxW tensors torch-fidelity reads."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i] if isinstance(self.images, torch.Tensor) else self.images[i][0]
+        return torch.from_numpy(to_uint8_nhwc(x[None])[0]).permute(2, 0, 1)
+
+
+def check_inception_weights(path: str | Path) -> None:
+    """One-line errors for a missing, unsafe or wrong weights file (torch-fidelity loads it with weights_only=False)."""
+    state = load_checkpoint(path)
+    fc = state.get("fc.weight")
+    if fc is None or tuple(fc.shape) != (1008, 2048):
+        raise RddError(f"'{path}' is not torch-fidelity's Inception-v3 state dict (no 1008x2048 fc.weight); "
+                       f"pass {INCEPTION_FILE} from torch-fidelity's GitHub releases")
+
+
+def inception_cache_name(weights: str | Path, data: DataConfig) -> str:
+    """torch-fidelity keys its cache by name only: the name carries the weights' and data's stamp."""
+    return f"rdd-{data.dataset}{data.resolution}-{reference_key(weights, data)}"
+
+
+def inception_metrics(images, reference, weights: str | Path, cache_root: str | Path, cache_name: str,
+                      batch_size: int = 64, progress: bool = True) -> dict:
+    """FID, IS and KID of `images` against `reference` (both [-1, 1]); the reference features are
+    cached in `cache_root` under `cache_name` and reused by any later call with the same name."""
+    import torch_fidelity
+
+    check_inception_weights(weights)
+    n = min(len(images), len(reference))
+    out = torch_fidelity.calculate_metrics(
+        input1=Uint8Images(images), input2=Uint8Images(reference), cuda=torch.cuda.is_available(),
+        isc=True, fid=True, kid=True, kid_subset_size=min(1000, n), feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(weights), batch_size=batch_size, cache_root=str(cache_root),
+        input2_cache_name=cache_name, save_cpu_ram=True, verbose=progress)  # save_cpu_ram: no loader workers
+    return {"fid": out["frechet_inception_distance"], "isc": out["inception_score_mean"],
+            "isc_std": out["inception_score_std"], "kid": out["kernel_inception_distance_mean"],
+            "kid_std": out["kernel_inception_distance_std"]}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str = "ddim", num_samples: int | None = None,
+                        seed: int = 0, batch_size: int | None = None, evalnet: str | None = None,
+                        inception_weights: str | None = None, reference_cache: str | None = None,
+                        device=None, progress: bool = True) -> dict:
+    """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
+    given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
+    `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
+    it (default: beside the evalnet and the Inception weights)."""
+    from rdd.baselines import nfe
+    from rdd.sampling import generate, resolve_steps
+    from rdd.training import load_diffusion_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, meta = load_diffusion_model(ckpt, device)
+    ec = cfg.eval
+    num_samples = num_samples or ec.num_samples
+    batch_size = batch_size or ec.batch_size
+    evalnet = evalnet or ec.evalnet
+    inception_weights = inception_weights or ec.inception_weights
+    reference_cache = reference_cache or ec.reference_cache
+    if not evalnet and not inception_weights:
+        raise RddError("nothing to measure: pass --evalnet (a checkpoint of `rdd train-evalnet`) and/or "
+                       f"--inception-weights ({INCEPTION_FILE})")
+    steps = resolve_steps(meta, steps)
+
+    start = time.perf_counter()
+    images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress)
+    result = {"ckpt": str(ckpt), "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
+              "num_samples": num_samples, "seed": seed, "sampling_seconds": time.perf_counter() - start}
+    if evalnet:
+        stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress)
+        result.update(domain_metrics(load_evalnet(evalnet, cfg.data, device), images, stats, batch_size, progress))
+    if inception_weights:
+        cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"
+        result.update(inception_metrics(images, load_dataset(cfg.data, "test"), inception_weights, cache_root,
+                                        inception_cache_name(inception_weights, cfg.data), progress=progress))
+    return result
+
+
+def format_result(r: dict) -> str:
+    parts = [f"{Path(r['ckpt']).parent.name or r['ckpt']}", f"{r['sampler']} {r['steps']} steps ({r['nfe']} NFE)",
+             f"N={r['num_samples']}"]
+    if "fd" in r:
+        parts.append(f"FD {r['fd']:.3f}  IS {r['is']:.3f} ± {r['is_std']:.3f}")
+    if "fid" in r:
+        parts.append(f"FID {r['fid']:.3f}  IS {r['isc']:.3f} ± {r['isc_std']:.3f}  KID {r['kid']:.5f} ± {r['kid_std']:.5f}")
+    parts.append(f"sampling {r['sampling_seconds']:.1f}s")
+    return " | ".join(parts)
+
+
+def cmd_eval(args) -> None:
+    result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
+                                 args.evalnet, args.inception_weights, args.reference_cache)
+    print(format_result(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_train_evalnet(args) -> None:
+    from rdd.classifier import train_classifier
+    from rdd.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=cfg.classifier.seed + EVALNET_SEED_OFFSET)
+    print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
+    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm-solver", "pndm"])
+    p.add_argument("--num", type=int, help="number of samples (default: eval.num_samples, 10000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, shared by every model")
+    p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
+    p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
+    p.add_argument("--inception-weights", help=f"local {INCEPTION_FILE}: FID, IS and KID")
+    p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: beside the evalnet)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_train_evalnet_parser(sub) -> None:
+    from rdd.cli import _add_config_args
+
+    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
+    p.set_defaults(func=cmd_train_evalnet)

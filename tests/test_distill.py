@@ -1,0 +1,116 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from rdd.checkpoint import load_checkpoint
+from rdd.classifier import train_classifier
+from rdd.config import load_config
+from rdd.diffusion import ddim_sample
+from rdd.distill import run_progressive, run_stage
+from rdd.distributed import DistContext
+from rdd.errors import RddError
+from rdd.losses.truncated_snr import TruncatedSNRLoss
+from rdd.methods import METHODS
+from rdd.networks import build_model
+from rdd.training import fit, load_diffusion_model
+
+CPU = DistContext(0, 1, torch.device("cpu"))
+TINY = ["model.name=tiny", "train.batch_size=32", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=8",
+        "train.warmup=0", "train.ema_decay=0.0", "train.log_every=1", "train.ckpt_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny Fashion-MNIST teacher trained for 150 steps."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_config(None, TINY + ["train.lr=2e-3", "train.ema_decay=0.9"])
+    torch.manual_seed(0)
+    fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out, CPU, iterations=150, lr=cfg.train.lr,
+        meta={"sampling_steps": None})
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("classifier")
+    cfg = load_config(ROOT / "configs/fmnist/classifier.yaml", ["classifier.epochs=1"])
+    return train_classifier(cfg, out, train_limit=1000, progress=False)["path"]
+
+
+def distill_config(*overrides):
+    return load_config(ROOT / "configs/fmnist/distill.yaml", TINY + list(overrides))
+
+
+def test_pd_stage_brings_one_student_step_closer_to_two_teacher_steps(teacher, tmp_path):
+    cfg = distill_config("distill.method=pd", "distill.teacher_steps=2", "distill.iterations=[80]", "train.lr=5e-4")
+    student_path = run_stage(cfg, teacher, tmp_path / "pd", CPU)
+    teacher_model, _, _ = load_diffusion_model(teacher)
+    student, _, meta = load_diffusion_model(student_path)
+    assert meta["sampling_steps"] == 1 and meta["teacher_steps"] == 2
+    noise = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(12345))  # held out: never seen in training
+    target = ddim_sample(teacher_model, noise, 2)
+    before = (ddim_sample(teacher_model, noise, 1) - target).pow(2).mean()  # the initial copy
+    after = (ddim_sample(student, noise, 1) - target).pow(2).mean()
+    assert after < 0.7 * before, (float(before), float(after))
+
+
+def test_progressive_runs_every_method_down_to_one_step(teacher, classifier, tmp_path):
+    import torchvision
+
+    vgg = tmp_path / "vgg16.pth"
+    torch.save(torchvision.models.vgg16().state_dict(), vgg)  # offline stand-in for the ImageNet backbone
+    for method in METHODS:
+        cfg = distill_config(f"distill.method={method}", "distill.teacher_steps=4", "distill.iterations=[3]",
+                             "train.batch_size=8", f"classifier.checkpoint={classifier}", f"distill.lpips_weights={vgg}",
+                             "distill.queue_size=64", "distill.num_contrast=16", "distill.push_per_step=8")
+        models = run_progressive(cfg, teacher, tmp_path / method, CPU)
+        assert [p.parent.name for p in models] == ["stage-4to2", "stage-2to1"]
+        for path in models:
+            assert (path.parent / "samples.png").is_file() and (path.parent / "metrics.jsonl").is_file()
+        log = (models[-1].parent / "metrics.jsonl").read_text()
+        for term, _ in METHODS[method]:
+            assert f"loss_{term}" in log
+
+
+def test_progressive_resumes_at_the_first_unfinished_stage(teacher, tmp_path):
+    cfg = distill_config("distill.method=pd", "distill.teacher_steps=4", "distill.iterations=[3]")
+    first, second = run_progressive(cfg, teacher, tmp_path, CPU)
+    stamp = first.stat().st_mtime_ns
+    second.unlink()
+    run_progressive(cfg, teacher, tmp_path, CPU)
+    assert first.stat().st_mtime_ns == stamp and second.is_file()
+
+
+def test_step_counts_that_do_not_halve_are_refused(teacher, tmp_path):
+    with pytest.raises(RddError, match="does not halve"):
+        run_progressive(distill_config("distill.teacher_steps=6", "distill.method=pd"), teacher, tmp_path, CPU)
+
+
+def test_classifier_methods_need_a_classifier(teacher, tmp_path):
+    with pytest.raises(RddError, match="classifier.checkpoint"):
+        run_stage(distill_config("distill.method=rcfd", "classifier.checkpoint=null"), teacher, tmp_path, CPU)
+
+
+def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path):
+    cfg = distill_config("distill.method=pd", "distill.teacher_steps=4", "distill.iterations=[2]")
+    student = run_stage(cfg, teacher, tmp_path / "s", CPU)
+    with pytest.raises(RddError, match="distill.teacher_steps=2"):
+        run_stage(cfg, student, tmp_path / "t", CPU)
+
+
+def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(teacher, classifier, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "tests" / "ddp_distill_worker.py"), str(teacher), str(tmp_path), f"classifier.checkpoint={classifier}", *TINY]
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in rank0["student"]:
+        assert torch.equal(rank0["student"][key], rank1["student"][key]), key
+    assert torch.equal(rank0["queue"], rank1["queue"])
+    assert int(rank0["filled"]) == 2 * 3 * 8  # 3 steps, 8 pixels per rank per step, both ranks' pixels
+    state = load_checkpoint(tmp_path / "stage" / "train_state.pt")
+    assert torch.equal(state["objective"]["queue.queue"], rank0["queue"])  # the queue travels with the checkpoint

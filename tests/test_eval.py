@@ -1,0 +1,181 @@
+"""Baseline samplers on our schedule, FD/IS/FID arithmetic and caches, `rdd eval` / `rdd train-evalnet`."""
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, run_rdd
+from rdd import metrics
+from rdd.baselines import diffusers_sample
+from rdd.cli import main
+from rdd.config import DataConfig, ModelConfig
+from rdd.data import FASHION_MNIST_DEBIAN, load_dataset, read_idx
+from rdd.diffusion import ddim_sample
+from rdd.errors import RddError
+from rdd.networks import build_model
+from rdd.sampling import generate
+from rdd.training import load_diffusion_model
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_fmnist(tmp_path_factory):
+    """The first 3000 train and 1000 test images of the real Fashion-MNIST, as IDX files."""
+    root = tmp_path_factory.mktemp("fmnist")
+    for prefix, n in (("train", 3000), ("t10k", 1000)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte"
+            write_idx(root / name, read_idx(FASHION_MNIST_DEBIAN / f"{name}.gz")[:n])
+    return root
+
+
+@pytest.fixture(scope="module")
+def evalnet(small_fmnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalnet")
+    result = run_rdd("train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1", "--out", str(out))
+    assert "evalnet test accuracy" in result.stdout
+    return out / "classifier.pt"
+
+
+@pytest.fixture(scope="module")
+def teacher(small_fmnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    run_rdd("train", *TINY, "--set", f"data.root={small_fmnist}", "--set", "train.iterations=150",
+            "--set", "train.lr=1e-3", "--set", "train.ckpt_every=1000", "--out", str(out))
+    return out / "model.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 2, 8])
+def test_diffusers_ddim_matches_our_ddim(steps):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny"), DataConfig()).double().eval()
+    noise = torch.randn(4, 1, 16, 16, dtype=torch.float64)
+    ours = ddim_sample(model, noise, steps)
+    theirs = diffusers_sample(model, noise, steps, None, "ddim")
+    assert ours.abs().max() == 1  # x-hat clipping is active, so the clipping conventions are compared too
+    torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind,steps", [("dpm-solver", 12), ("pndm", 10), ("dpm-solver", 1), ("pndm", 4)])
+def test_dpm_solver_and_pndm_give_finite_images(teacher, kind, steps):
+    model, cfg, _ = load_diffusion_model(teacher)
+    raw = diffusers_sample(model, torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)), steps, None, kind)
+    assert raw.isfinite().all() and raw.abs().max() < 1.5  # PNDM's last multistep update may overshoot a little
+    images = generate(model, cfg, steps, 8, seed=0, batch_size=8, sampler=kind, progress=False)
+    assert images.shape == (8, 1, 16, 16) and images.isfinite().all() and images.abs().max() <= 1
+
+
+def test_pndm_refuses_too_few_steps():
+    with pytest.raises(RddError, match="at least 4 steps"):
+        diffusers_sample(None, torch.zeros(1, 1, 16, 16), 2, None, "pndm")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=3), rng.normal(size=3)
+    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])  # commuting: sqrt(S1 S2) = diag(2, 2, 3)
+    expected = np.sum((mu1 - mu2) ** 2) + 14 + 6 - 2 * 7
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_inception_score_bounds():
+    confident = torch.eye(10).repeat(10, 1) * 50  # 100 one-hot predictions over 10 classes
+    assert metrics.inception_score(confident, splits=1)[0] == pytest.approx(10, rel=1e-6)
+    assert metrics.inception_score(torch.zeros(100, 10), splits=10) == pytest.approx((1.0, 0.0))
+
+
+def test_domain_fd_of_test_set_to_itself_is_zero_and_to_noise_large(evalnet, small_fmnist, tmp_path):
+    data = DataConfig(root=str(small_fmnist))
+    cache = tmp_path / "ref.npz"
+    ref = metrics.reference_statistics(evalnet, data, cache, progress=False)
+    mtime = cache.stat().st_mtime_ns
+    net = metrics.load_evalnet(evalnet, data)
+    scale = np.trace(ref[1])
+    test_images = load_dataset(data, "test").tensors[0]
+    same = metrics.domain_metrics(net, test_images, ref, progress=False)
+    noise = metrics.domain_metrics(net, torch.rand_like(test_images) * 2 - 1, ref, progress=False)
+    assert abs(same["fd"]) < 1e-3 * scale
+    assert noise["fd"] > 1e3 * max(abs(same["fd"]), 1e-6 * scale) and noise["fd"] > 0.1 * scale
+    assert 1 <= same["is"] <= 10
+
+    metrics.reference_statistics(evalnet, data, cache, progress=False)  # reused
+    assert cache.stat().st_mtime_ns == mtime
+    (tmp_path / "link").symlink_to(small_fmnist)  # same images, another data config: the stamp differs
+    metrics.reference_statistics(evalnet, DataConfig(root=str(tmp_path / "link")), cache, progress=False)
+    assert cache.stat().st_mtime_ns != mtime
+
+
+def random_inception_weights(path):
+    """torch-fidelity's Inception-v3, randomly initialised offline (its constructor insists on loading weights)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None), \
+            mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", return_value={}):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):  # He init keeps activations alive through the 40-odd layers
+            torch.nn.init.kaiming_normal_(m.weight)
+    torch.save(net.state_dict(), path)
+
+
+def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path, monkeypatch):
+    weights = tmp_path / "inception.pth"
+    random_inception_weights(weights)
+    full_load = metrics.load_dataset
+    monkeypatch.setattr(metrics, "load_dataset", lambda cfg, split: torch.utils.data.Subset(full_load(cfg, split), range(12)))
+    cache = tmp_path / "cache" / "ref.npz"
+
+    result = metrics.evaluate_checkpoint(teacher, steps=2, num_samples=12, batch_size=12, inception_weights=str(weights),
+                                         reference_cache=str(cache), progress=False)
+    assert {"fid", "isc", "kid"} <= result.keys() and "fd" not in result
+    cached = sorted(cache.parent.glob("*.pt"))
+    assert cached and all("inception-v3-compat" in p.name for p in cached)
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+
+    # The same reference from the cache: FID of the test images against themselves is ~0.
+    _, cfg, _ = load_diffusion_model(teacher)
+    reference = full_load(cfg.data, "test").tensors[0][:12]
+    same = metrics.inception_metrics(reference, reference, weights, cache.parent,
+                                     metrics.inception_cache_name(weights, cfg.data), progress=False)
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes and sorted(cache.parent.glob("*.pt")) == cached  # not rewritten
+    assert abs(same["fid"]) < 1e-3 * result["fid"] and result["fid"] > 0
+
+
+def test_inception_weights_errors(tmp_path):
+    with pytest.raises(RddError, match="not found"):
+        metrics.check_inception_weights(tmp_path / "missing.pth")
+    torch.save({"fc.weight": torch.zeros(10, 5)}, tmp_path / "other.pth")
+    with pytest.raises(RddError, match="Inception-v3"):
+        metrics.check_inception_weights(tmp_path / "other.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def test_eval_fd_falls_with_more_teacher_steps(teacher, evalnet, tmp_path):
+    out = tmp_path / "eval2.json"
+    args = ["eval", "--ckpt", str(teacher), "--num", "200", "--batch-size", "200", "--evalnet", str(evalnet),
+            "--reference-cache", str(tmp_path / "ref.npz")]
+    printed = run_rdd(*args, "--steps", "2", "--json", str(out)).stdout
+    r2 = json.loads(out.read_text())
+    assert r2["steps"] == 2 and r2["num_samples"] == 200 and "FD" in printed
+    fds = [r2["fd"]] + [metrics.evaluate_checkpoint(teacher, s, num_samples=200, batch_size=200, evalnet=str(evalnet),
+                                                     reference_cache=str(tmp_path / "ref.npz"), progress=False)["fd"]
+                        for s in (8, 32)]
+    assert fds[0] > fds[1] > fds[2], fds
+
+
+def test_eval_without_a_metric_network_is_a_one_line_error(teacher, capsys):
+    assert main(["eval", "--ckpt", str(teacher), "--num", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rdd: error: nothing to measure") and "\n" not in err
