@@ -188,6 +188,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     train_set, test_set = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    train_limit = train_limit if train_limit is not None else cfg.classifier.train_limit
     if train_limit is not None:
         train_set = Subset(train_set, range(min(train_limit, len(train_set))))
     if test_limit is not None:

@@ -71,6 +71,7 @@ class ClassifierConfig:
     augment: bool = True  # crop + flip (+ AutoAugment/Cutout when `autoaugment`)
     autoaugment: bool = False
     seed: int = 0
+    train_limit: int | None = None  # train on the first N images only (quick runs)
 
 
 @dataclass
@@ -169,8 +170,13 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+def build_dataclass(cls, data: dict):
+    """Build a config dataclass from a mapping, checking keys and types."""
+    return _build(cls, data or {}, "")
+
+
 def from_dict(data: dict) -> ExperimentConfig:
-    return _build(ExperimentConfig, data or {}, "")
+    return build_dataclass(ExperimentConfig, data)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -1,0 +1,180 @@
+"""`rdd benchmark`: the paper's protocol end to end on one data set, resumable stage by stage.
+
+classifier + independent evaluation network -> teacher -> plain PD down to `pd_to` steps ->
+chains pd_to -> ... -> 1 per method (Table 1) -> the 2 -> 1 ablation over seeds (Table 3) ->
+FD/IS of every row, the teacher's training-free rows included. Finished stages are skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config
+from rdd.distributed import DistContext, init_distributed
+from rdd.training import MODEL_FILE
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "benchmark"
+    out: str = "runs/benchmark"
+    teacher_config: str = "configs/fmnist/benchmark-teacher.yaml"
+    classifier_config: str = "configs/fmnist/classifier.yaml"
+    evalnet_config: str = "configs/fmnist/evalnet.yaml"
+    distill_config: str = "configs/fmnist/distill.yaml"
+    teacher_steps: int = 32  # the teacher's grid that plain PD starts from
+    pd_to: int = 8
+    pd_iterations: list[int] = field(default_factory=lambda: [300])
+    chain_methods: list[str] = field(default_factory=lambda: ["pd", "rcfd", "rdd"])
+    chain_iterations: list[int] = field(default_factory=lambda: [300, 300, 400])
+    ablation_methods: list[str] = field(default_factory=lambda: ["pd", "rcfd", "cfd_ii", "cfd_is", "cfd_m", "rdd"])
+    ablation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ablation_iterations: int = 400
+    teacher_ddim_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 32])
+    dpm_solver_steps: int = 12
+    pndm_steps: int = 10
+    eval_samples: int = 10000
+    eval_seed: int = 0
+
+
+def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark config '{path}' not found; e.g. configs/fmnist/benchmark.yaml")
+    return build_dataclass(BenchmarkConfig, apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or []), "")
+
+
+class Timings:
+    """Wall time of each stage that ran, kept across resumed invocations."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, done: Path, fn):
+        if done.is_file():
+            print(f"[benchmark] {name}: done ({done})")
+            return
+        print(f"[benchmark] {name}: running")
+        start = time.time()
+        fn()
+        self.values[name] = round(time.time() - start, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.values, indent=2))
+
+
+def distill_cfg(bc: BenchmarkConfig, classifier: Path, method: str, teacher_steps: int, target: int,
+                iterations: list[int], seed: int = 0):
+    cfg = load_config(bc.distill_config)
+    cfg.distill = dataclasses.replace(cfg.distill, method=method, teacher_steps=teacher_steps, target_steps=target,
+                                      iterations=iterations)
+    cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(classifier))
+    cfg.train = dataclasses.replace(cfg.train, seed=seed)
+    return cfg
+
+
+def eval_rows(bc: BenchmarkConfig, out: Path) -> list[dict]:
+    """Every row of the result tables: what to sample and how."""
+    teacher = out / "teacher" / MODEL_FILE
+    rows = [dict(table="teacher", method="DDIM", steps=n, ckpt=teacher, sampler="ddim") for n in bc.teacher_ddim_steps]
+    rows.append(dict(table="teacher", method="DPM-Solver", steps=bc.dpm_solver_steps, ckpt=teacher, sampler="dpm-solver"))
+    rows.append(dict(table="teacher", method="PNDM", steps=bc.pndm_steps, ckpt=teacher, sampler="pndm"))
+    rows.append(dict(table="main", method="pd", steps=bc.pd_to, ckpt=out / "pd-chain" / f"stage-{2 * bc.pd_to}to{bc.pd_to}" / MODEL_FILE, sampler="ddim"))
+    for method in bc.chain_methods:
+        steps = bc.pd_to
+        while steps > 1:
+            rows.append(dict(table="main", method=method, steps=steps // 2,
+                             ckpt=out / f"chain-{method}" / f"stage-{steps}to{steps // 2}" / MODEL_FILE, sampler="ddim"))
+            steps //= 2
+    for method in bc.ablation_methods:
+        for seed in bc.ablation_seeds:
+            rows.append(dict(table="ablation", method=method, steps=1, seed=seed,
+                             ckpt=out / "ablation" / f"{method}-seed{seed}" / MODEL_FILE, sampler="ddim"))
+    for row in rows:
+        row["name"] = "-".join(str(row[k]) for k in ("table", "method", "steps", "sampler")) + (f"-seed{row['seed']}" if "seed" in row else "")
+    return rows
+
+
+def run_benchmark(bc: BenchmarkConfig, ctx: DistContext) -> Path:
+    from rdd.classifier import train_classifier
+    from rdd.distill import run_progressive, run_stage
+    from rdd.losses.truncated_snr import TruncatedSNRLoss
+    from rdd.metrics import evaluate_checkpoint
+    from rdd.networks import build_model
+    from rdd.training import fit
+
+    out = Path(bc.out)
+    timings = Timings(out / "timings.json")
+    classifier = out / "classifier" / "classifier.pt"
+    evalnet = out / "evalnet" / "classifier.pt"
+    timings.run("classifier", classifier, lambda: report_accuracy("classifier", train_classifier(load_config(bc.classifier_config), classifier.parent)))
+    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(load_config(bc.evalnet_config), evalnet.parent)))
+
+    def train_teacher():
+        cfg = load_config(bc.teacher_config)
+        torch.manual_seed(cfg.train.seed)
+        fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out / "teacher", ctx, iterations=cfg.train.iterations,
+            lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=True, desc="teacher")
+
+    teacher = out / "teacher" / MODEL_FILE
+    timings.run("teacher", teacher, train_teacher)
+
+    pd_model = out / "pd-chain" / f"stage-{2 * bc.pd_to}to{bc.pd_to}" / MODEL_FILE
+    timings.run(f"pd {bc.teacher_steps}->{bc.pd_to}", pd_model, lambda: run_progressive(
+        distill_cfg(bc, classifier, "pd", bc.teacher_steps, bc.pd_to, bc.pd_iterations), teacher, out / "pd-chain", ctx))
+
+    for method in bc.chain_methods:
+        timings.run(f"chain {method}", out / f"chain-{method}" / "stage-2to1" / MODEL_FILE, lambda: run_progressive(
+            distill_cfg(bc, classifier, method, bc.pd_to, 1, bc.chain_iterations), pd_model, out / f"chain-{method}", ctx))
+
+    two_step = out / "chain-pd" / "stage-4to2" / MODEL_FILE  # the common 2-step teacher of the ablation
+    stage_index = len(bc.chain_iterations) - 1  # the 2 -> 1 stage's temperature
+    for method in bc.ablation_methods:
+        for seed in bc.ablation_seeds:
+            folder = out / "ablation" / f"{method}-seed{seed}"
+            cfg = distill_cfg(bc, classifier, method, 2, 1, [bc.ablation_iterations], seed)
+            timings.run(f"ablation {method} seed {seed}", folder / MODEL_FILE,
+                        lambda cfg=cfg, folder=folder: run_stage(cfg, two_step, folder, ctx, stage_index=stage_index))
+
+    if ctx.is_main:
+        for row in eval_rows(bc, out):
+            result_path = out / "eval" / f"{row['name']}.json"
+
+            def evaluate(row=row, result_path=result_path):
+                result = evaluate_checkpoint(row["ckpt"], row["steps"], row["sampler"], bc.eval_samples, bc.eval_seed,
+                                             evalnet=str(evalnet), reference_cache=str(out / "eval" / "reference.npz"))
+                result_path.parent.mkdir(parents=True, exist_ok=True)
+                result_path.write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v for k, v in row.items()}, **result}, indent=2))
+
+            timings.run(f"eval {row['name']}", result_path, evaluate)
+        from rdd.report import write_benchmark_results
+
+        return write_benchmark_results(bc, out)
+    return out
+
+
+def report_accuracy(name: str, result: dict) -> None:
+    print(f"[benchmark] {name} test accuracy {result['test_accuracy']:.4f}")
+
+
+def cmd_benchmark(args) -> None:
+    bc = load_benchmark_config(args.config, args.overrides)
+    if args.out:
+        bc.out = args.out
+    path = run_benchmark(bc, init_distributed())
+    print(f"wrote {path}")
+
+
+def add_benchmark_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
+    p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.set_defaults(func=cmd_benchmark)
+
