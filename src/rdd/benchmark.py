@@ -47,7 +47,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"benchmark config '{path}' not found; e.g. configs/fmnist/benchmark.yaml")
-    return build_dataclass(BenchmarkConfig, apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or []), "")
+    return build_dataclass(BenchmarkConfig, apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or []))
 
 
 class Timings:

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rdd.metrics import add_eval_parser, add_train_evalnet_parser
     add_eval_parser(sub)
     add_train_evalnet_parser(sub)
+    from rdd.report import add_report_parser
+    add_report_parser(sub)
+    from rdd.benchmark import add_benchmark_parser
+    add_benchmark_parser(sub)
     return parser
 
 

@@ -250,7 +250,10 @@ def cmd_train_evalnet(args) -> None:
     from rdd.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=cfg.classifier.seed + EVALNET_SEED_OFFSET)
+    # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
+    # distillation classifier's config gets another seed, so the two networks never share one.
+    seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
+    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed)
     print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
 
 
