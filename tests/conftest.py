@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +29,49 @@ def run_rdd(*args: str, check: bool = True, timeout: int = 600, **kw) -> subproc
 @pytest.fixture
 def tiny_args():
     return list(TINY)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def small_fmnist(tmp_path_factory):
+    """The first 3000 train and 1000 test images of the real Fashion-MNIST, as IDX files."""
+    from rdd.data import FASHION_MNIST_DEBIAN, read_idx
+
+    root = tmp_path_factory.mktemp("fmnist")
+    for prefix, n in (("train", 3000), ("t10k", 1000)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte"
+            write_idx(root / name, read_idx(FASHION_MNIST_DEBIAN / f"{name}.gz")[:n])
+    return root
+
+
+@pytest.fixture(scope="session")
+def evalnet(small_fmnist, tmp_path_factory):
+    """The independent evaluation network, trained for one epoch on the small split."""
+    out = tmp_path_factory.mktemp("evalnet")
+    result = run_rdd("train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1", "--out", str(out))
+    assert "evalnet test accuracy" in result.stdout
+    return out / "classifier.pt"
+
+
+@pytest.fixture(scope="session")
+def classifier(small_fmnist, tmp_path_factory):
+    """The distillation classifier (small DenseNet-BC), one epoch on the small split."""
+    out = tmp_path_factory.mktemp("classifier")
+    result = run_rdd("train-classifier", "--config", "configs/fmnist/classifier.yaml", "--set", f"data.root={small_fmnist}",
+                     "--set", "classifier.epochs=1", "--out", str(out))
+    assert "test accuracy" in result.stdout
+    return out / "classifier.pt"
+
+
+@pytest.fixture(scope="session")
+def teacher(small_fmnist, tmp_path_factory):
+    """A tiny Fashion-MNIST teacher trained for 150 steps."""
+    out = tmp_path_factory.mktemp("teacher")
+    run_rdd("train", *TINY, "--set", f"data.root={small_fmnist}", "--set", "train.iterations=150",
+            "--set", "train.lr=1e-3", "--set", "train.ckpt_every=1000", "--out", str(out))
+    return out / "model.pt"

@@ -7,45 +7,27 @@ import torch
 
 from conftest import ROOT
 from rdd.checkpoint import load_checkpoint
-from rdd.classifier import train_classifier
 from rdd.config import load_config
 from rdd.diffusion import ddim_sample
 from rdd.distill import run_progressive, run_stage
 from rdd.distributed import DistContext
 from rdd.errors import RddError
-from rdd.losses.truncated_snr import TruncatedSNRLoss
 from rdd.methods import METHODS
-from rdd.networks import build_model
-from rdd.training import fit, load_diffusion_model
+from rdd.training import load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 TINY = ["model.name=tiny", "train.batch_size=32", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=8",
         "train.warmup=0", "train.ema_decay=0.0", "train.log_every=1", "train.ckpt_every=1000"]
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """A tiny Fashion-MNIST teacher trained for 150 steps."""
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config(None, TINY + ["train.lr=2e-3", "train.ema_decay=0.9"])
-    torch.manual_seed(0)
-    fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out, CPU, iterations=150, lr=cfg.train.lr,
-        meta={"sampling_steps": None})
-    return out / "model.pt"
+@pytest.fixture
+def distill_config(small_fmnist):
+    def make(*overrides):
+        return load_config(ROOT / "configs/fmnist/distill.yaml", TINY + [f"data.root={small_fmnist}", *overrides])
+    return make
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    out = tmp_path_factory.mktemp("classifier")
-    cfg = load_config(ROOT / "configs/fmnist/classifier.yaml", ["classifier.epochs=1"])
-    return train_classifier(cfg, out, train_limit=1000, progress=False)["path"]
-
-
-def distill_config(*overrides):
-    return load_config(ROOT / "configs/fmnist/distill.yaml", TINY + list(overrides))
-
-
-def test_pd_stage_brings_one_student_step_closer_to_two_teacher_steps(teacher, tmp_path):
+def test_pd_stage_brings_one_student_step_closer_to_two_teacher_steps(teacher, tmp_path, distill_config):
     cfg = distill_config("distill.method=pd", "distill.teacher_steps=2", "distill.iterations=[80]", "train.lr=5e-4")
     student_path = run_stage(cfg, teacher, tmp_path / "pd", CPU)
     teacher_model, _, _ = load_diffusion_model(teacher)
@@ -58,7 +40,7 @@ def test_pd_stage_brings_one_student_step_closer_to_two_teacher_steps(teacher, t
     assert after < 0.7 * before, (float(before), float(after))
 
 
-def test_progressive_runs_every_method_down_to_one_step(teacher, classifier, tmp_path):
+def test_progressive_runs_every_method_down_to_one_step(teacher, classifier, tmp_path, distill_config):
     import torchvision
 
     vgg = tmp_path / "vgg16.pth"
@@ -76,7 +58,7 @@ def test_progressive_runs_every_method_down_to_one_step(teacher, classifier, tmp
             assert f"loss_{term}" in log
 
 
-def test_progressive_resumes_at_the_first_unfinished_stage(teacher, tmp_path):
+def test_progressive_resumes_at_the_first_unfinished_stage(teacher, tmp_path, distill_config):
     cfg = distill_config("distill.method=pd", "distill.teacher_steps=4", "distill.iterations=[3]")
     first, second = run_progressive(cfg, teacher, tmp_path, CPU)
     stamp = first.stat().st_mtime_ns
@@ -85,26 +67,27 @@ def test_progressive_resumes_at_the_first_unfinished_stage(teacher, tmp_path):
     assert first.stat().st_mtime_ns == stamp and second.is_file()
 
 
-def test_step_counts_that_do_not_halve_are_refused(teacher, tmp_path):
+def test_step_counts_that_do_not_halve_are_refused(teacher, tmp_path, distill_config):
     with pytest.raises(RddError, match="does not halve"):
         run_progressive(distill_config("distill.teacher_steps=6", "distill.method=pd"), teacher, tmp_path, CPU)
 
 
-def test_classifier_methods_need_a_classifier(teacher, tmp_path):
+def test_classifier_methods_need_a_classifier(teacher, tmp_path, distill_config):
     with pytest.raises(RddError, match="classifier.checkpoint"):
         run_stage(distill_config("distill.method=rcfd", "classifier.checkpoint=null"), teacher, tmp_path, CPU)
 
 
-def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path):
+def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path, distill_config):
     cfg = distill_config("distill.method=pd", "distill.teacher_steps=4", "distill.iterations=[2]")
     student = run_stage(cfg, teacher, tmp_path / "s", CPU)
     with pytest.raises(RddError, match="distill.teacher_steps=2"):
         run_stage(cfg, student, tmp_path / "t", CPU)
 
 
-def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(teacher, classifier, tmp_path):
+def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(teacher, classifier, small_fmnist, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(ROOT / "tests" / "ddp_distill_worker.py"), str(teacher), str(tmp_path), f"classifier.checkpoint={classifier}", *TINY]
+           str(ROOT / "tests" / "ddp_distill_worker.py"), str(teacher), str(tmp_path), f"classifier.checkpoint={classifier}",
+           f"data.root={small_fmnist}", *TINY]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

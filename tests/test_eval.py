@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_rdd
+from conftest import run_rdd
 from rdd import metrics
 from rdd.baselines import diffusers_sample
 from rdd.cli import main
@@ -17,38 +17,6 @@ from rdd.errors import RddError
 from rdd.networks import build_model
 from rdd.sampling import generate
 from rdd.training import load_diffusion_model
-
-
-def write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def small_fmnist(tmp_path_factory):
-    """The first 3000 train and 1000 test images of the real Fashion-MNIST, as IDX files."""
-    root = tmp_path_factory.mktemp("fmnist")
-    for prefix, n in (("train", 3000), ("t10k", 1000)):
-        for kind in ("images-idx3", "labels-idx1"):
-            name = f"{prefix}-{kind}-ubyte"
-            write_idx(root / name, read_idx(FASHION_MNIST_DEBIAN / f"{name}.gz")[:n])
-    return root
-
-
-@pytest.fixture(scope="module")
-def evalnet(small_fmnist, tmp_path_factory):
-    out = tmp_path_factory.mktemp("evalnet")
-    result = run_rdd("train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1", "--out", str(out))
-    assert "evalnet test accuracy" in result.stdout
-    return out / "classifier.pt"
-
-
-@pytest.fixture(scope="module")
-def teacher(small_fmnist, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    run_rdd("train", *TINY, "--set", f"data.root={small_fmnist}", "--set", "train.iterations=150",
-            "--set", "train.lr=1e-3", "--set", "train.ckpt_every=1000", "--out", str(out))
-    return out / "model.pt"
 
 
 # ----------------------------------------------------------------------------------------------

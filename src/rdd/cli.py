@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     from rdd.benchmark import add_benchmark_parser
     add_benchmark_parser(sub)
+    from rdd.demo import add_demo_parser
+    add_demo_parser(sub)
     return parser
 
 
