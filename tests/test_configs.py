@@ -1,0 +1,69 @@
+"""The shipped paper configs carry every number of SPEC §5."""
+import pytest
+
+from conftest import ROOT
+from rdd.benchmark import load_benchmark_config
+from rdd.config import load_config
+
+METHODS = ["pd", "pd_lpips", "rcfd", "rdd"]
+
+
+def cfg(path):
+    return load_config(ROOT / "configs" / path)
+
+
+def test_cifar10_base():
+    c = cfg("cifar10/base.yaml")
+    assert (c.model.name, c.model.dropout, c.model.num_classes) == ("paper-cifar10", 0.1, 0)
+    assert (c.data.dataset, c.data.resolution, c.data.hflip) == ("cifar10", 32, True)
+    t = c.train
+    assert (t.lr, t.warmup, t.batch_size, t.ema_decay, t.grad_clip, t.iterations) == (2e-4, 5000, 128, 0.9999, 1.0, 800000)
+
+
+def test_imagenet64_base():
+    c = cfg("imagenet64/base.yaml")
+    assert (c.model.name, c.model.dropout, c.model.num_classes) == ("paper-imagenet64", 0.0, 1000)
+    assert (c.data.dataset, c.data.resolution) == ("imagenet64", 64)
+    t = c.train
+    assert (t.lr, t.warmup, t.batch_size, t.ema_decay, t.grad_clip, t.iterations) == (1e-4, 5000, 512, 0.9999, 1.0, 1000000)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cifar10_distillation(method):
+    c = cfg(f"cifar10/{method}.yaml")
+    d, t = c.distill, c.train
+    assert (d.method, d.teacher_steps, d.target_steps) == (method, 8, 1)
+    assert d.iterations == [20000, 20000, 40000] and d.tau_cfd == [0.9, 1.0, 0.85]
+    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.num_contrast, d.push_per_step) == (1.0, 0.1, 1.0, 0.1, 20000, 2048, 128)
+    assert (t.lr, t.lr_schedule, t.batch_size, t.grad_clip, c.model.dropout) == (5e-5, "cosine", 128, 1.0, 0.0)
+    assert c.classifier.arch == "densenet201"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_imagenet64_distillation(method):
+    c = cfg(f"imagenet64/{method}.yaml")
+    d, t = c.distill, c.train
+    assert (d.method, d.teacher_steps, d.target_steps) == (method, 8, 1)
+    assert d.iterations == [50000, 50000, 100000] and d.tau_cfd == [0.85]
+    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.num_contrast) == (100.0, 0.1, 1.0, 0.1, 20000, 2048)
+    assert (t.lr, t.batch_size, t.grad_clip) == (1e-4, 256, 1.0)
+    assert c.classifier.arch == "densenet201"
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet64"])
+def test_pd_chain_from_1024_to_8(dataset):
+    d = cfg(f"{dataset}/pd-1024to8.yaml").distill
+    assert (d.method, d.teacher_steps, d.target_steps) == ("pd", 1024, 8)
+
+
+def test_cifar10_classifier_recipe():
+    c = cfg("cifar10/classifier.yaml").classifier
+    assert (c.arch, c.lr, c.momentum, c.epochs, c.autoaugment) == ("densenet201", 0.1, 0.9, 300, True)
+
+
+def test_every_shipped_config_loads():
+    for path in (ROOT / "configs").rglob("*.yaml"):
+        if path.name == "benchmark.yaml":
+            load_benchmark_config(path)
+        else:
+            load_config(path)
