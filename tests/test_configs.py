@@ -61,6 +61,11 @@ def test_cifar10_classifier_recipe():
     assert (c.arch, c.lr, c.momentum, c.epochs, c.autoaugment) == ("densenet201", 0.1, 0.9, 300, True)
 
 
+@pytest.mark.parametrize("path", ["cifar10/base.yaml", "cifar10/rdd.yaml", "imagenet64/base.yaml", "imagenet64/pd.yaml"])
+def test_paper_protocol_evaluates_50k_samples(path):
+    assert cfg(path).eval.num_samples == 50000
+
+
 def test_every_shipped_config_loads():
     for path in (ROOT / "configs").rglob("*.yaml"):
         if path.name == "benchmark.yaml":
