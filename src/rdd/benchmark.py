@@ -101,7 +101,8 @@ def eval_rows(bc: BenchmarkConfig, out: Path) -> list[dict]:
     return rows
 
 
-def run_benchmark(bc: BenchmarkConfig, ctx: DistContext) -> Path:
+def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | None = None,
+                  config_path: str = "CONFIG") -> Path:
     from rdd.classifier import train_classifier
     from rdd.distill import run_progressive, run_stage
     from rdd.losses.truncated_snr import TruncatedSNRLoss
@@ -155,7 +156,7 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext) -> Path:
             timings.run(f"eval {row['name']}", result_path, evaluate)
         from rdd.report import write_benchmark_results
 
-        return write_benchmark_results(bc, out)
+        return write_benchmark_results(bc, out, results, config_path)
     return out
 
 
@@ -167,7 +168,7 @@ def cmd_benchmark(args) -> None:
     bc = load_benchmark_config(args.config, args.overrides)
     if args.out:
         bc.out = args.out
-    path = run_benchmark(bc, init_distributed())
+    path = run_benchmark(bc, init_distributed(), args.results, args.config)
     print(f"wrote {path}")
 
 
@@ -176,5 +177,6 @@ def add_benchmark_parser(sub) -> None:
     p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
     p.set_defaults(func=cmd_benchmark)
 

@@ -146,7 +146,40 @@ def load_eval_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json")) if p.name != "reference.json"]
 
 
-def write_benchmark_results(bc, out: Path, dest: Path | None = None) -> Path:
+def ordering_lines(main: dict, ablation: dict[str, list[dict]], steps: list[int]) -> list[str]:
+    """Plain statements of Table 1's (RDD < RCFD < PD in FD) and Table 3's (each relational term
+    improves on CFD alone) orderings, with the gaps set against the spread over seeds."""
+    lines = []
+    for n in steps:
+        fd = {m: main[(m, n)]["fd"] for m in ("pd", "rcfd", "rdd") if (m, n) in main}
+        if len(fd) < 3:
+            continue
+        holds = fd["rdd"] < fd["rcfd"] < fd["pd"]
+        lines.append(f"- {n} step{'s' if n > 1 else ''}: RDD {fd['rdd']:.3f}, RCFD {fd['rcfd']:.3f}, PD {fd['pd']:.3f}: "
+                     f"RDD < RCFD < PD {'holds' if holds else 'does not hold'} (one training seed per chain).")
+    base = [r["fd"] for r in ablation.get("rcfd", [])]
+    spread = (statistics.stdev(base) if len(base) > 1 else 0.0) or float("nan")
+    for method in ("cfd_ii", "cfd_is", "cfd_m", "rdd"):
+        values = [r["fd"] for r in ablation.get(method, [])]
+        if not values or not base:
+            continue
+        gap = statistics.mean(base) - statistics.mean(values)
+        verdict = "improves on" if gap > 0 else "does not improve on"
+        lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.3f} vs CFD alone {statistics.mean(base):.3f}: "
+                     f"{verdict} CFD by {gap:+.3f}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.3f}).")
+    return lines or ["- not enough finished rows to compare yet."]
+
+
+def machine_line() -> str:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path: str = "CONFIG") -> Path:
     """RESULTS.md + results.json of `rdd benchmark`, in the paper's table layouts."""
     dest = Path(dest or out / "results")
     dest.mkdir(parents=True, exist_ok=True)
@@ -175,6 +208,12 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None) -> Path:
     for method in bc.ablation_methods:
         rs = ablation.get(method, [])
         lines.append(f"| {method} | {mean_std([r['fd'] for r in rs])} | {mean_std([r['is'] for r in rs])} | {len(rs)} |")
+    lines += ["", "## Do the paper's orderings hold here?", ""] + ordering_lines(main, ablation, sorted(steps))
+    lines += ["", "## Machine and commands", "", f"- Machine: {machine_line()}.",
+              f"- Everything above: `rdd benchmark {config_path} --results {dest}` (resumable: finished stages are "
+              "skipped; run folders, logs and checkpoints under `" + str(out) + "`).",
+              f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
+              f"--evalnet {out}/evalnet/classifier.pt` (the `ckpt` of each row is in results.json)."]
     lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec} |" for name, sec in timings.items()]
     grid_entries = [(f"DDIM teacher {bc.teacher_steps}", out / "teacher" / MODEL_FILE, bc.teacher_steps)]
