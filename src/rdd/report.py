@@ -76,15 +76,15 @@ def loss_curves(runs: dict[str, Path], path: Path, columns: int = 3) -> Path:
 def fmt(result: dict | None, key: str = "fd") -> str:
     if not result:
         return "–"
-    return f"{result[key]:.3f} / {result['is']:.2f}"
+    return f"{result[key]:.4g} / {result['is']:.2f}"
 
 
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.4g} (1 seed)"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.4g}"
 
 
 def method_table(results: dict[tuple[str, int], dict], methods: list[str], steps: list[int]) -> list[str]:
@@ -133,7 +133,7 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
         lines += method_table(by_key, methods, steps) + [""]
     lines += ["| run | steps | " + ("FD | IS |" if results else ""), "|---|---|" + ("---|---|" if results else "")]
     for label, _, steps in entries:
-        extra = f" {results[label][2]['fd']:.3f} | {results[label][2]['is']:.2f} |" if label in results else ""
+        extra = f" {results[label][2]['fd']:.4g} | {results[label][2]['is']:.2f} |" if label in results else ""
         lines.append(f"| {label} | {steps} |{extra}")
     lines += ["", "Every row from the same noise:", "", f"![grids]({grid.relative_to(root)})", "",
               "Loss curves:", "", f"![curves]({curves.relative_to(root)})", ""]
@@ -155,7 +155,7 @@ def ordering_lines(main: dict, ablation: dict[str, list[dict]], steps: list[int]
         if len(fd) < 3:
             continue
         holds = fd["rdd"] < fd["rcfd"] < fd["pd"]
-        lines.append(f"- {n} step{'s' if n > 1 else ''}: RDD {fd['rdd']:.3f}, RCFD {fd['rcfd']:.3f}, PD {fd['pd']:.3f}: "
+        lines.append(f"- {n} step{'s' if n > 1 else ''}: RDD {fd['rdd']:.4g}, RCFD {fd['rcfd']:.4g}, PD {fd['pd']:.4g}: "
                      f"RDD < RCFD < PD {'holds' if holds else 'does not hold'} (one training seed per chain).")
     base = [r["fd"] for r in ablation.get("rcfd", [])]
     spread = (statistics.stdev(base) if len(base) > 1 else 0.0) or float("nan")
@@ -165,8 +165,8 @@ def ordering_lines(main: dict, ablation: dict[str, list[dict]], steps: list[int]
             continue
         gap = statistics.mean(base) - statistics.mean(values)
         verdict = "improves on" if gap > 0 else "does not improve on"
-        lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.3f} vs CFD alone {statistics.mean(base):.3f}: "
-                     f"{verdict} CFD by {gap:+.3f}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.3f}).")
+        lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.4g} vs CFD alone {statistics.mean(base):.4g}: "
+                     f"{verdict} CFD by {gap:+.3f}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.4g}).")
     return lines or ["- not enough finished rows to compare yet."]
 
 
@@ -202,7 +202,7 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     lines += ["", f"PD {bc.pd_to} steps (the chains' common teacher): {fmt(pd8)}", "",
               "## The teacher without training", "", "| sampler | steps (NFE) | FD | IS |", "|---|---|---|---|"]
     for r in teacher:
-        lines.append(f"| {r['method']} | {r['steps']} ({r['nfe']}) | {r['fd']:.3f} | {r['is']:.2f} |")
+        lines.append(f"| {r['method']} | {r['steps']} ({r['nfe']}) | {r['fd']:.4g} | {r['is']:.2f} |")
     lines += ["", "## Table 3 layout: the 2 → 1 stage, 1-step FD over seeds (mean ± std)", "",
               "| method | FD | IS | seeds |", "|---|---|---|---|"]
     for method in bc.ablation_methods:
