@@ -75,7 +75,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int) -> Path:
     curves = loss_curves({f"{m} 2->1": p.parent for m, p in students.items()}, out / "loss_curves.png", columns=2)
 
     table = ["| model | steps | FD ↓ | IS ↑ |", "|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['steps']} | {r["fd"]:.4g} | {r['is']:.2f} |" for r in results]
+    table += [f"| {r['model']} | {r['steps']} | {r['fd']:.4g} | {r['is']:.2f} |" for r in results]
     iterations = cfg.distill.iterations[0]
     page = out / "report.md"
     page.write_text("\n".join([

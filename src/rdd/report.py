@@ -166,7 +166,7 @@ def ordering_lines(main: dict, ablation: dict[str, list[dict]], steps: list[int]
         gap = statistics.mean(base) - statistics.mean(values)
         verdict = "improves on" if gap > 0 else "does not improve on"
         lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.4g} vs CFD alone {statistics.mean(base):.4g}: "
-                     f"{verdict} CFD by {gap:+.3f}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.4g}).")
+                     f"{verdict} CFD by {gap:+.3g}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.4g}).")
     return lines or ["- not enough finished rows to compare yet."]
 
 
