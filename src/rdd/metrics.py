@@ -4,7 +4,7 @@ Domain metrics use `rdd train-evalnet`'s CNN: FD between its penultimate feature
 test images, IS from its logits. The test split's statistics are computed once and cached to an .npz
 stamped with the evalnet's checksum and the data config, so a changed network or data set recomputes.
 Standard FID/IS/KID go through torch-fidelity's Inception-v3 from a local weights file (no download);
-torch-fidelity caches the test split's features under `cache_root`, named by the same kind of stamp.
+torch-fidelity caches the training set's features (the paper's FID reference) under `cache_root`, named by the same kind of stamp.
 """
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         result.update(domain_metrics(load_evalnet(evalnet, cfg.data, device), images, stats, batch_size, progress))
     if inception_weights:
         cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"
-        result.update(inception_metrics(images, load_dataset(cfg.data, "test"), inception_weights, cache_root,
+        result.update(inception_metrics(images, load_dataset(cfg.data, "train"), inception_weights, cache_root,
                                         inception_cache_name(inception_weights, cfg.data), progress=progress))
     return result
 
