@@ -111,9 +111,9 @@ def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, smal
     assert cached and all("inception-v3-compat" in p.name for p in cached)
     mtimes = [p.stat().st_mtime_ns for p in cached]
 
-    # The same reference from the cache: FID of the test images against themselves is ~0.
+    # The same reference from the cache: FID of the training images against themselves is ~0.
     _, cfg, _ = load_diffusion_model(teacher)
-    reference = full_load(cfg.data, "test").tensors[0][:12]
+    reference = full_load(cfg.data, "train").tensors[0][:12]  # the cached reference: the training set
     same = metrics.inception_metrics(reference, reference, weights, cache.parent,
                                      metrics.inception_cache_name(weights, cfg.data), progress=False)
     assert [p.stat().st_mtime_ns for p in cached] == mtimes and sorted(cache.parent.glob("*.pt")) == cached  # not rewritten
