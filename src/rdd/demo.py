@@ -44,19 +44,19 @@ def train_small_teacher(out: Path, overrides: list[str]) -> None:
     torch.manual_seed(cfg.train.seed)
     fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out / "teacher", init_distributed(),
         iterations=cfg.train.iterations, lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=True)
-    print(f"no shipped models in {ASSETS}: trained a small teacher instead; see {out / 'teacher' / 'samples.png'}")
+    print(f"no shipped models found: trained a small teacher instead; see {out / 'teacher' / 'samples.png'}")
 
 
-def run_demo(out: str | Path, overrides: list[str], num_samples: int) -> Path:
+def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir: str | Path = ASSETS) -> Path:
     from rdd.distill import run_stage
     from rdd.metrics import evaluate_checkpoint
     from rdd.report import comparison_grid, loss_curves
 
-    out = Path(out)
-    if not (ASSETS / "SHA256SUMS").is_file():
+    out, assets_dir = Path(out), Path(assets_dir)
+    if not (assets_dir / "SHA256SUMS").is_file():
         train_small_teacher(out, overrides)
         return out / "teacher" / "samples.png"
-    assets = verify_assets(ASSETS)
+    assets = verify_assets(assets_dir)
     ctx = init_distributed()
     cfg = load_config(DEMO_CONFIG, overrides)
     cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(assets["classifier"]))
@@ -90,12 +90,13 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int) -> Path:
 
 
 def cmd_demo(args) -> None:
-    print(f"wrote {run_demo(args.out, args.overrides, args.num)}")
+    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets)}")
 
 
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with RDD and PD, evaluate, report")
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument("--assets", default=str(ASSETS), help="folder of the shipped models and their SHA256SUMS")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
