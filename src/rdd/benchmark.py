@@ -41,6 +41,7 @@ class BenchmarkConfig:
     pndm_steps: int = 10
     eval_samples: int = 10000
     eval_seed: int = 0
+    notes: str | None = None  # a Markdown file of choices and findings, placed at the top of RESULTS.md
 
 
 def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:

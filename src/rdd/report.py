@@ -193,7 +193,9 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     steps = [bc.pd_to // 2 ** k for k in range(1, 4) if bc.pd_to // 2 ** k >= 1]
-    lines = [f"# {bc.name}: results", "",
+    notes = getattr(bc, "notes", None)
+    lines = [f"# {bc.name}: results", ""] + ([Path(notes).read_text().strip(), ""] if notes and Path(notes).is_file() else [])
+    lines += [
              f"FD / IS of the independent evaluation network, {bc.eval_samples} samples against the test set "
              "(FD lower is better, IS higher).", "",
              "## Table 1 layout: students of each method", ""]
