@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config
@@ -106,10 +105,8 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
                   config_path: str = "CONFIG") -> Path:
     from rdd.classifier import train_classifier
     from rdd.distill import run_progressive, run_stage
-    from rdd.losses.truncated_snr import TruncatedSNRLoss
     from rdd.metrics import evaluate_checkpoint
-    from rdd.networks import build_model
-    from rdd.training import fit
+    from rdd.training import train_base_model
 
     out = Path(bc.out)
     timings = Timings(out / "timings.json")
@@ -119,10 +116,7 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
     timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(load_config(bc.evalnet_config), evalnet.parent)))
 
     def train_teacher():
-        cfg = load_config(bc.teacher_config)
-        torch.manual_seed(cfg.train.seed)
-        fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out / "teacher", ctx, iterations=cfg.train.iterations,
-            lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=True, desc="teacher")
+        train_base_model(load_config(bc.teacher_config), out / "teacher", ctx, resume=True, desc="teacher")
 
     teacher = out / "teacher" / MODEL_FILE
     timings.run("teacher", teacher, train_teacher)

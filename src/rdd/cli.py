@@ -15,20 +15,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
-
     from rdd.config import load_config
     from rdd.distributed import init_distributed
-    from rdd.losses.truncated_snr import TruncatedSNRLoss
-    from rdd.networks import build_model
-    from rdd.training import fit
+    from rdd.training import train_base_model
 
-    cfg = load_config(args.config, args.overrides)
     ctx = init_distributed()
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data)
-    fit(cfg, model, TruncatedSNRLoss(), args.out, ctx, iterations=cfg.train.iterations, lr=cfg.train.lr,
-        meta={"sampling_steps": None, "method": "base"}, resume=args.resume, desc="train teacher")
+    train_base_model(load_config(args.config, args.overrides), args.out, ctx, resume=args.resume)
     if ctx.is_main:
         print(f"wrote {Path(args.out) / 'model.pt'} and {Path(args.out) / 'samples.png'}")
 

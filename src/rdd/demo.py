@@ -11,8 +11,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from rdd.config import load_config
 from rdd.distributed import init_distributed
 from rdd.errors import RddError
@@ -36,14 +34,10 @@ def verify_assets(folder: Path) -> dict[str, Path]:
 
 
 def train_small_teacher(out: Path, overrides: list[str]) -> None:
-    from rdd.losses.truncated_snr import TruncatedSNRLoss
-    from rdd.networks import build_model
-    from rdd.training import fit
+    from rdd.training import train_base_model
 
     cfg = load_config(ROOT / "configs" / "fmnist" / "teacher.yaml", overrides)
-    torch.manual_seed(cfg.train.seed)
-    fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out / "teacher", init_distributed(),
-        iterations=cfg.train.iterations, lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=True)
+    train_base_model(cfg, out / "teacher", init_distributed(), resume=True)
     print(f"no shipped models found: trained a small teacher instead; see {out / 'teacher' / 'samples.png'}")
 
 

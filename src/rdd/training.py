@@ -215,6 +215,17 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     return ema.model
 
 
+def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
+                     desc: str = "train teacher") -> nn.Module:
+    """A teacher from scratch: the config's U-Net on the truncated-SNR loss (SPEC §1)."""
+    from rdd.losses.truncated_snr import TruncatedSNRLoss
+    from rdd.networks import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out_dir, ctx, iterations=cfg.train.iterations,
+               lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, desc=desc)
+
+
 def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
     """Rebuild a diffusion model from `model.pt` (or a training state); returns (model, config, meta)."""
     from rdd.config import from_dict
