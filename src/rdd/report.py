@@ -184,7 +184,8 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     dest = Path(dest or out / "results")
     dest.mkdir(parents=True, exist_ok=True)
     rows = load_eval_results(out)
-    teacher = [r for r in rows if r["table"] == "teacher"]
+    order = {"DDIM": 0, "DPM-Solver": 1, "PNDM": 2}
+    teacher = sorted((r for r in rows if r["table"] == "teacher"), key=lambda r: (order.get(r["method"], 3), r["steps"]))
     main = {(r["method"], int(r["steps"])): r for r in rows if r["table"] == "main"}
     ablation: dict[str, list[dict]] = {}
     for r in rows:
