@@ -59,7 +59,7 @@ class TrainConfig:
 
 @dataclass
 class ClassifierConfig:
-    """The frozen feature classifier of RCFD/RDD (SPEC §3, §5)."""
+    """The frozen feature classifier of RCFD/RDD (paper §3.2 eq. 3, §5.1)."""
 
     arch: str = "densenet-bc-small"  # densenet201 | densenet-bc-small
     checkpoint: str | None = None  # weights of a trained classifier (rdd train-classifier)
@@ -76,10 +76,10 @@ class ClassifierConfig:
 
 @dataclass
 class DistillConfig:
-    """One PD stage or a progressive chain (SPEC §2-§5)."""
+    """One PD stage or a progressive chain (paper §3.1, §4, §5.1)."""
 
     method: str = "rdd"  # pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m
-    teacher_steps: int = 8
+    teacher_steps: int | None = None  # a base model's sampling grid; a distilled teacher brings its own
     target_steps: int = 1
     iterations: list[int] = field(default_factory=lambda: [200])  # per stage, last repeats
     tau_cfd: list[float] = field(default_factory=lambda: [0.9, 1.0, 0.85])  # per stage
@@ -89,10 +89,29 @@ class DistillConfig:
     alpha: float = 1.0  # weight of IS_P2P (and II_P2P in the ablation)
     beta: float = 0.1  # weight of M_P2P
     queue_size: int = 20000  # N_q
-    num_contrast: int = 2048  # V
     push_per_step: int = 128  # K
     lpips_net: str = "vgg"
     lpips_weights: str | None = None  # local backbone weights for offline LPIPS
+    # Fidelity (rdd.fidelity, docs/fidelity.md): the paper's text or the public code's behaviour.
+    # Each key below left null follows `fidelity`; a key that is set wins.
+    fidelity: str = "paper"  # paper | official
+    num_contrast: int | None = None  # V: paper 2048, official 4096
+    queue_layout: str | None = None  # pixels | flat_view
+    queue_draw: str | None = None  # filled | whole
+    queue_push: str | None = None  # after | before
+    queue_wrap: str | None = None  # ring | public
+    push_scope: str | None = None  # global | rank: K pixels per iteration, or K per process
+    teacher_clip: bool | None = None  # clip the teacher's x-hat inside the PD target's two DDIM steps
+    head_bias: bool | None = None  # bias on the projection head's last 1x1 conv
+    head_optimizer: str | None = None  # joint | separate
+
+    def __post_init__(self):
+        from rdd.fidelity import FIDELITY_CHOICES, SWITCH_CHOICES
+
+        _check_choice("distill.fidelity", self.fidelity, FIDELITY_CHOICES)
+        for key, choices in SWITCH_CHOICES.items():
+            if choices is not None and getattr(self, key) is not None:
+                _check_choice(f"distill.{key}", getattr(self, key), choices)
 
 
 @dataclass
@@ -113,6 +132,11 @@ class ExperimentConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(map(str, choices))}")
 
 
 def _type_name(tp) -> str:

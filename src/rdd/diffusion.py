@@ -1,6 +1,6 @@
 """Diffusion core: the one place for schedule math, the DDIM step, samplers and the PD target.
 
-Variance-preserving cosine schedule on continuous t in [0, 1] (SPEC §1):
+Variance-preserving cosine schedule on continuous t in [0, 1] (paper §3.1; Salimans & Ho 2022):
     z_t = alpha_t x + sigma_t eps,  alpha_t = cos(pi t / 2),  sigma_t = sin(pi t / 2).
 The network predicts x; eps and v are derived from it.
 """
@@ -97,14 +97,17 @@ def predict_x(model: Denoiser, z_t: torch.Tensor, t: torch.Tensor, labels: torch
 
 
 def teacher_two_step_target(teacher: Denoiser, z_t: torch.Tensor, t: torch.Tensor, teacher_steps: int,
-                            labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The PD target x~ (SPEC §2): two teacher DDIM steps t -> t - 1/N -> t - 2/N, then
+                            labels: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
+    """The PD target x~ (paper §3.1, eq. 2): two teacher DDIM steps t -> t - 1/N -> t - 2/N, then
     x~ = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t),
-    the x for which one student DDIM step from z_t lands exactly on z_t''."""
+    the x for which one student DDIM step from z_t lands exactly on z_t''.
+
+    `clip` clips the teacher's x-hat to [-1, 1] in both steps, as the DDIM sampler does; the public
+    code does not clip here (distill.teacher_clip, docs/fidelity.md)."""
     dt = 1.0 / teacher_steps
     t1, t2 = (t - dt).clamp_min(0), (t - 2 * dt).clamp_min(0)
-    z1 = ddim_step(z_t, predict_x(teacher, z_t, t, labels), t, t1)
-    z2 = ddim_step(z1, predict_x(teacher, z1, t1, labels), t1, t2)
+    z1 = ddim_step(z_t, predict_x(teacher, z_t, t, labels, clip), t, t1)
+    z2 = ddim_step(z1, predict_x(teacher, z1, t1, labels, clip), t1, t2)
     alpha_t, sigma_t = alpha_sigma(t)
     alpha_2, sigma_2 = alpha_sigma(t2)
     ratio = sigma_2 / sigma_t
@@ -124,6 +127,6 @@ def ddim_sample(model: Denoiser, noise: torch.Tensor, steps: int, labels: torch.
 
 
 def sample_student_times(batch: int, student_steps: int, generator=None, device=None) -> torch.Tensor:
-    """Uniform draw from the student's grid points {1/N_s, ..., 1} (SPEC §2)."""
+    """Uniform draw from the student's grid points {1/N_s, ..., 1} (paper §3.1)."""
     i = torch.randint(1, student_steps + 1, (batch,), generator=generator, device=device)
     return i.float() / student_steps

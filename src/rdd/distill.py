@@ -1,4 +1,4 @@
-"""Distillation stages N -> N/2 and progressive chains N -> ... -> target (SPEC §2, §5).
+"""Distillation stages N -> N/2 and progressive chains N -> ... -> target (paper §3.1, §5.1).
 
 A stage's student starts as a copy of its teacher; a chain runs stages in folders
 `stage-{N}to{N/2}` and, after an interruption, resumes at the first unfinished one.
@@ -30,11 +30,14 @@ def per_stage(values: list, index: int):
 
 def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
     """A distilled teacher samples at its own N; a base model at distill.teacher_steps."""
-    own = meta.get("sampling_steps")
-    if own and own != cfg.distill.teacher_steps:
+    own, asked = meta.get("sampling_steps"), cfg.distill.teacher_steps
+    if own and asked and own != asked:
         raise RddError(f"teacher '{path}' was distilled for {own} steps but distill.teacher_steps is "
-                       f"{cfg.distill.teacher_steps}; set --set distill.teacher_steps={own}")
-    return own or cfg.distill.teacher_steps
+                       f"{asked}; set --set distill.teacher_steps={own} or leave it unset")
+    if not (own or asked):
+        raise RddError(f"teacher '{path}' is a base model with no step count of its own; "
+                       "set --set distill.teacher_steps=N (e.g. 16)")
+    return own or asked
 
 
 def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig) -> ExperimentConfig:
@@ -71,7 +74,8 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     objective = DistillationObjective(cfg, teacher, teacher_steps, tau_cfd, classifier).to(ctx.device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
-            "tau_cfd": tau_cfd, "teacher": str(teacher_path)}
+            "tau_cfd": tau_cfd, "teacher": str(teacher_path), "fidelity": cfg.distill.fidelity,
+            "fidelity_switches": objective.fidelity.as_dict()}
     return Stage(cfg, student, objective, per_stage(cfg.distill.iterations, stage_index), meta)
 
 

@@ -1,6 +1,6 @@
 """Distillation methods as weighted lists of loss terms, chosen by config.
 
-Every method shares one PD step (SPEC §2): t from the student's grid, z_t = alpha_t x + sigma_t eps,
+Every method shares one PD step (paper §3.1, eq. 2): t from the student's grid, z_t = alpha_t x + sigma_t eps,
 the frozen teacher's two-DDIM-step target x~, and the student's one-step prediction x_hat.
 The terms then compare x_hat with x~ in pixels (PD, LPIPS) or through a frozen classifier
 (CFD, II/IS/M_P2P). Each term's `__call__` is its equation.
@@ -16,6 +16,7 @@ from torch import nn
 from rdd.config import ExperimentConfig
 from rdd.diffusion import diffuse, sample_student_times, teacher_two_step_target, truncated_snr_weight
 from rdd.errors import RddError
+from rdd.fidelity import Fidelity, resolve_fidelity
 from rdd.losses import LPIPSLoss, PixelQueue, ProjectionHead, cfd_loss, ii_p2p_loss, is_p2p_loss, m_p2p_loss
 
 
@@ -92,18 +93,23 @@ class ISP2PTerm:
 class MP2PTerm:
     """Eq. 8-9: relations of each pixel to V teacher pixels drawn from the memory queue.
 
-    The student's map goes through the projection head first; after the loss, K teacher pixels
-    are pushed into the queue.
+    The student's map goes through the projection head first. K teacher pixels are pushed into the
+    queue after the loss (the paper), or before the draw (`push_first`, the public code).
     """
 
-    def __init__(self, tau: float, queue: PixelQueue, head: ProjectionHead, num_contrast: int, push_per_step: int):
+    def __init__(self, tau: float, queue: PixelQueue, head: ProjectionHead, num_contrast: int, push_per_step: int,
+                 push_first: bool = False, push_scope: str = "global"):
         self.tau, self.queue, self.head = tau, queue, head
         self.num_contrast, self.push_per_step = num_contrast, push_per_step
+        self.push_first, self.push_scope = push_first, push_scope
 
     def __call__(self, b: DistillBatch) -> torch.Tensor:
         map_t = b.features_teacher.feature_map
+        if self.push_first:
+            self.queue.push(map_t, self.push_per_step, self.push_scope)
         loss = m_p2p_loss(self.head(b.features_student.feature_map), map_t, self.queue.draw(self.num_contrast), self.tau)
-        self.queue.push(map_t, self.push_per_step)
+        if not self.push_first:
+            self.queue.push(map_t, self.push_per_step, self.push_scope)
         return loss
 
 
@@ -131,16 +137,22 @@ def needs_classifier(method: str) -> bool:
 
 
 class DistillationObjective:
-    """One PD stage N -> N/2 under a method: sum_k w_k L_k(x_hat_S, x~)."""
+    """One PD stage N -> N/2 under a method: sum_k w_k L_k(x_hat_S, x~).
+
+    `separately_optimized` lists the trainable parameters that take their own constant-lr Adam
+    outside the gradient clip (the projection head under distill.head_optimizer=separate).
+    """
 
     def __init__(self, cfg: ExperimentConfig, teacher: nn.Module, teacher_steps: int, tau_cfd: float,
                  classifier: nn.Module | None = None):
         dc = cfg.distill
         check_method(dc.method)
+        self.fidelity: Fidelity = resolve_fidelity(dc)
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_steps = teacher_steps
         self.classifier = classifier.eval().requires_grad_(False) if classifier is not None else None
         self.modules = nn.ModuleDict()
+        self.separately_optimized: list[nn.Parameter] = []
         self.terms = []
         for name, weight_key in METHODS[dc.method]:
             weight = 1.0 if weight_key == "1" else getattr(dc, weight_key)
@@ -161,10 +173,15 @@ class DistillationObjective:
             return IIP2PTerm(dc.tau_ii)
         if name == "is_p2p":
             return ISP2PTerm(dc.tau_is)
+        fid = self.fidelity
         channels = self.classifier.num_features
-        self.modules["queue"] = PixelQueue(dc.queue_size, channels, seed=cfg.train.seed)
-        self.modules["head"] = ProjectionHead(channels)
-        return MP2PTerm(dc.tau_m, self.modules["queue"], self.modules["head"], dc.num_contrast, dc.push_per_step)
+        self.modules["queue"] = PixelQueue(dc.queue_size, channels, seed=cfg.train.seed, layout=fid.queue_layout,
+                                           draw_from=fid.queue_draw, wrap=fid.queue_wrap)
+        self.modules["head"] = ProjectionHead(channels, bias=fid.head_bias)
+        if fid.head_optimizer == "separate":
+            self.separately_optimized = list(self.modules["head"].parameters())
+        return MP2PTerm(dc.tau_m, self.modules["queue"], self.modules["head"], fid.num_contrast, dc.push_per_step,
+                        push_first=fid.queue_push == "before", push_scope=fid.push_scope)
 
     def to(self, device) -> "DistillationObjective":
         self.teacher.to(device)
@@ -179,7 +196,8 @@ class DistillationObjective:
         t = sample_student_times(x.shape[0], self.teacher_steps // 2, device=x.device)
         z_t = diffuse(x, t, torch.randn_like(x))
         with torch.no_grad():
-            x_target = teacher_two_step_target(self.teacher, z_t, t, self.teacher_steps, labels).float()
+            x_target = teacher_two_step_target(self.teacher, z_t, t, self.teacher_steps, labels,
+                                               clip=self.fidelity.teacher_clip).float()
         batch = DistillBatch(student(z_t, t, labels), x_target, t, self.classifier)
         total, logs = 0.0, {}
         for name, weight, term in self.terms:

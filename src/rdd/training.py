@@ -131,8 +131,11 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     train_model = DistributedDataParallel(model) if ctx.world > 1 else model
     ema = EMA(model, tc.ema_decay)
     trainable = [p for p in objective.modules.parameters() if p.requires_grad]
-    params = list(model.parameters()) + trainable
+    # The public RDD code trains its projection head with its own Adam at a constant lr, outside the clip.
+    separate = {id(p) for p in getattr(objective, "separately_optimized", [])}
+    params = list(model.parameters()) + [p for p in trainable if id(p) not in separate]
     optimizer = torch.optim.Adam(params, lr=lr)
+    objective_optimizer = torch.optim.Adam([p for p in trainable if id(p) in separate], lr=lr) if separate else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
     batches = Batches(cfg, ctx, tc.batch_size // ctx.world)
     log = MetricsLog(out_dir, enabled=ctx.is_main)
@@ -146,6 +149,8 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
         load_module_state(ema.model, state["ema"], state_path, "EMA")
         load_module_state(objective.modules, state["objective"], state_path, "objective")
         optimizer.load_state_dict(state["optimizer"])
+        if objective_optimizer is not None:
+            objective_optimizer.load_state_dict(state["objective_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
         batches.restore(state["data"])
@@ -165,6 +170,7 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
             save_checkpoint({
                 "model": model.state_dict(), "ema": ema.model.state_dict(), "objective": objective.modules.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": path_step,
+                "objective_optimizer": objective_optimizer.state_dict() if objective_optimizer else None,
                 "rng": rng, "data": batches.state(), "config": to_dict(cfg), "meta": meta,
             }, state_path)
 
@@ -185,6 +191,8 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
         with autocast:
             loss, logs = objective(train_model, x, labels)
         optimizer.zero_grad(set_to_none=True)
+        if objective_optimizer is not None:
+            objective_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if ctx.world > 1 and trainable:
             for p in trainable:  # objective parts live outside DDP: average their gradients by hand
@@ -192,6 +200,8 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
                 p.grad /= ctx.world
         grad_norm = nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
         optimizer.step()
+        if objective_optimizer is not None:
+            objective_optimizer.step()
         scheduler.step()
         ema.update(model)
         done = step + 1
@@ -217,7 +227,7 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
 
 def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
                      desc: str = "train teacher") -> nn.Module:
-    """A teacher from scratch: the config's U-Net on the truncated-SNR loss (SPEC §1)."""
+    """A teacher from scratch: the config's U-Net on the truncated-SNR loss (Salimans & Ho 2022, as paper §5.1)."""
     from rdd.losses.truncated_snr import TruncatedSNRLoss
     from rdd.networks import build_model
 
