@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_parser(sub)
     from rdd.demo import add_demo_parser
     add_demo_parser(sub)
+    from rdd.sweep import add_sweep_parser
+    add_sweep_parser(sub)
     return parser
 
 

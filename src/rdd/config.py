@@ -37,6 +37,7 @@ class DataConfig:
     hflip: bool = False
     channels: int = 1
     num_workers: int = 0
+    holdout: int = 0  # the last N training images form the 'val' split and are never trained on
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     ckpt_every: int = 100
     sample_steps: int = 64  # sampler steps for the grids written during training
     num_grid: int = 64
+    snapshot_at: list[int] = field(default_factory=list)  # also export the model at these steps (snapshots/)
 
 
 @dataclass

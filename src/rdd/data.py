@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from rdd.config import DataConfig
 from rdd.errors import RddError
@@ -138,9 +138,20 @@ DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet64": im
 
 
 def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    """`train`, `val` (the last data.holdout training images, never trained on) or `test`."""
     if cfg.dataset not in DATASETS:
         raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
-    return DATASETS[cfg.dataset](cfg, split)
+    if split == "test" or (split == "train" and not cfg.holdout):
+        return DATASETS[cfg.dataset](cfg, split)
+    if split != "val" and split != "train":
+        raise RddError(f"unknown split '{split}'; use train, val or test")
+    if not cfg.holdout:
+        raise RddError("the 'val' split needs held-out training images: set data.holdout=N (e.g. 10000)")
+    full = DATASETS[cfg.dataset](cfg, "train")
+    if not 0 < cfg.holdout < len(full):
+        raise RddError(f"data.holdout={cfg.holdout} must be between 1 and {len(full) - 1} (the training set has {len(full)} images)")
+    cut = len(full) - cfg.holdout
+    return Subset(full, range(cut) if split == "train" else range(cut, len(full)))
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

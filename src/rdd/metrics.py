@@ -63,9 +63,11 @@ def file_digest(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def reference_key(weights: str | Path, data: DataConfig) -> str:
-    """Checksum of the network + the data fields that change the test images."""
-    fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip")}
+def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
+    """Checksum of the network + the data fields that change the reference images."""
+    fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip", "holdout")}
+    if split != "test":
+        fields.update(split=split, holdout=data.holdout)
     return hashlib.sha256(f"{file_digest(weights)}|{json.dumps(fields, sort_keys=True)}".encode()).hexdigest()[:16]
 
 
@@ -107,17 +109,19 @@ def evalnet_outputs(evalnet, images, batch_size: int = 500, progress: bool = Tru
 
 
 def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str | Path | None = None, device="cpu",
-                         batch_size: int = 500, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the evalnet features of the test split, cached to `cache` (default: beside the evalnet)."""
-    cache = Path(cache) if cache else Path(evalnet_path).parent / "reference_stats.npz"
-    key = reference_key(evalnet_path, data)
+                         batch_size: int = 500, progress: bool = True, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the evalnet features of `split` (the test set, or 'val': held-out training images
+    for choosing settings without touching the test set), cached to `cache` (default: beside the evalnet)."""
+    default_name = "reference_stats.npz" if split == "test" else f"reference_stats_{split}.npz"
+    cache = Path(cache) if cache else Path(evalnet_path).parent / default_name
+    key = reference_key(evalnet_path, data, split)
     if cache.is_file():
         with np.load(cache) as f:
             if str(f["key"]) == key:
                 return f["mu"], f["sigma"]
         print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
     evalnet = load_evalnet(evalnet_path, data, device)
-    features, _ = evalnet_outputs(evalnet, load_dataset(data, "test"), batch_size, progress)
+    features, _ = evalnet_outputs(evalnet, load_dataset(data, split), batch_size, progress)
     mu, sigma = feature_statistics(features)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")  # atomic: a reader never sees half a file
@@ -188,7 +192,8 @@ def inception_metrics(images, reference, weights: str | Path, cache_root: str | 
 def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str = "ddim", num_samples: int | None = None,
                         seed: int = 0, batch_size: int | None = None, evalnet: str | None = None,
                         inception_weights: str | None = None, reference_cache: str | None = None,
-                        device=None, progress: bool = True) -> dict:
+                        device=None, progress: bool = True, reference_split: str = "test",
+                        holdout: int | None = None) -> dict:
     """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
     given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
@@ -209,13 +214,16 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         raise RddError("nothing to measure: pass --evalnet (a checkpoint of `rdd train-evalnet`) and/or "
                        f"--inception-weights ({INCEPTION_FILE})")
     steps = resolve_steps(meta, steps)
+    if holdout is not None:
+        cfg.data.holdout = holdout
 
     start = time.perf_counter()
     images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress)
     result = {"ckpt": str(ckpt), "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
-              "num_samples": num_samples, "seed": seed, "sampling_seconds": time.perf_counter() - start}
+              "num_samples": num_samples, "seed": seed, "reference": reference_split,
+              "sampling_seconds": time.perf_counter() - start}
     if evalnet:
-        stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress)
+        stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress, reference_split)
         result.update(domain_metrics(load_evalnet(evalnet, cfg.data, device), images, stats, batch_size, progress))
     if inception_weights:
         cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"

@@ -214,6 +214,8 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
             save(done)
         if tc.sample_every and done % tc.sample_every == 0:
             write_grid(done)
+        if done in tc.snapshot_at and done < iterations and ctx.is_main:
+            export_model(out_dir / "snapshots" / f"model-{done:07d}.pt", ema.model, cfg, {**meta, "iteration": done})
     save(iterations)
     if ctx.is_main:
         export_model(out_dir / MODEL_FILE, ema.model, cfg, meta)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST study of "does relational distillation help?" (benchmarks/fmnist/STUDY.md).
+# One process, resumable: every sweep skips its finished runs and resumes an unfinished one, so
+# re-running this script after an interruption continues where it stopped. One core:
+#   nohup bash benchmarks/fmnist/study.sh > runs/study/study.log 2>&1 &
+# Settings are chosen on seeds 0-2 against held-out training images (--reference val);
+# the final comparison uses fresh seeds 3-5 against the test set.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+RDD=${RDD:-.venv/bin/rdd}
+OUT=${OUT:-runs/study}
+TWO_STEP=assets/fmnist/two_step.pt
+BASE=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --set distill.tau_cfd=[0.85] --evalnet assets/fmnist/evalnet.pt --eval-samples 5000)
+
+# 1. Convergence of the 2 -> 1 stage: FD at 150, 300, 500 and 1,000 iterations of one 1,000-iteration run.
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --eval-at 150,300,500 \
+  --grid method=pd,rcfd,rdd --seeds 0 --out $OUT/convergence
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --eval-at 150,300,500 \
+  --grid method=rdd --grid distill.fidelity=official --seeds 0 --out $OUT/convergence-official
+
+# 2. Sensitivity at 500 iterations, seeds 0-1 (validation FD): beta, and the two fidelity switches with the largest effect.
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
+  --grid distill.beta=0.01,0.03,0.1,0.3 --seeds 0,1 --out $OUT/beta
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
+  --grid distill.queue_layout=pixels,flat_view --grid distill.teacher_clip=true,false --seeds 0,1 --out $OUT/fidelity
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
+  --grid distill.tau_m=0.1,0.4 --grid distill.alpha=0.3,1,3 --seeds 0,1 --out $OUT/tau-alpha
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rcfd \
+  --seeds 0,1 --out $OUT/rcfd-500
+
+# 3. Chains from a 16-step PD model down to 1 step (errors compound): the teacher, PD 16 -> ... -> 16 first.
+$RDD train --config configs/fmnist/benchmark-teacher.yaml --out $OUT/teacher --resume
+$RDD progressive --config configs/fmnist/distill.yaml --teacher $OUT/teacher/model.pt --method pd \
+  --set distill.teacher_steps=64 --set distill.iterations=[300] --to 16 --set train.batch_size=32 --out $OUT/pd-64to16
+$RDD sweep "${BASE[@]}" --teacher $OUT/pd-64to16/stage-32to16/model.pt --set distill.iterations=[500] --to 1 \
+  --grid method=pd,rcfd,rdd --seeds 0 --out $OUT/chain
+echo "study: all sweeps done"

@@ -1,0 +1,309 @@
+"""`rdd sweep`: one stage (or a chain) over a grid of config values x seeds, evaluated along the way.
+
+Each grid point and seed is one run folder `OUT/runs/<point>/seed<S>`; a run that has its
+`result.json` is skipped, so an interrupted sweep resumes where it stopped (an unfinished stage
+resumes from its last checkpoint). Every run is evaluated with the evaluation network at the
+iterations of `--eval-at` (snapshots of the same run) and, for a chain, after every stage.
+The sweep writes `sweep.json`, `sweep.md` (mean ± std over seeds) and one plot per swept key
+in the layout of the paper's Fig. 6-9, plus FD over training length when several points are evaluated.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from rdd.errors import RddError
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class SweepSpec:
+    config: str | None
+    teacher: str
+    out: str
+    grid: list[tuple[str, list[str]]]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    to: int | None = None  # chain target steps; None: one stage teacher -> teacher/2
+    eval_at: list[int] = field(default_factory=list)  # iterations to evaluate (the stage's end is always evaluated)
+    eval_samples: int = 5000
+    eval_seed: int = 0
+    evalnet: str | None = None
+    reference: str = "val"  # val (held-out training images, for choosing) | test (for reporting)
+    holdout: int = 10000
+
+
+@dataclass
+class RunSpec:
+    point: str  # e.g. "distill.beta=0.1,distill.tau_m=0.4"
+    values: dict
+    seed: int
+    folder: str
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [v.strip() for v in raw.split(",") if v.strip()] if sep else []
+        if not key.strip() or not values:
+            raise RddError(f"--grid '{item}' must look like section.key=v1,v2,... (e.g. distill.beta=0.01,0.1)")
+        grid.append((key.strip(), values))
+    return grid
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RddError(f"{what} '{text}' must be comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise RddError(f"{what} is empty; give at least one integer")
+    return values
+
+
+def point_name(values: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items()) or "default"
+
+
+def expand(spec: SweepSpec) -> list[RunSpec]:
+    keys = [k for k, _ in spec.grid]
+    runs = []
+    for combo in itertools.product(*[values for _, values in spec.grid]):
+        values = dict(zip(keys, combo))
+        name = point_name(values)
+        slug = name.replace("/", "_").replace(",", "__")
+        runs += [RunSpec(name, values, seed, str(Path(spec.out) / "runs" / slug / f"seed{seed}")) for seed in spec.seeds]
+    return runs
+
+
+def run_config(spec: SweepSpec, run: RunSpec):
+    """The run's config: base file, sweep overrides, grid values, seed and snapshots; validated here."""
+    from rdd.config import load_config
+
+    overrides = list(spec.overrides) + [f"{k}={v}" for k, v in run.values.items() if k != "method"]
+    if "method" in run.values:
+        overrides.append(f"distill.method={run.values['method']}")
+    overrides += [f"train.seed={run.seed}", f"data.holdout={spec.holdout}",
+                  f"train.snapshot_at=[{','.join(map(str, spec.eval_at))}]"]
+    return load_config(spec.config, overrides)
+
+
+def check_sweep(spec: SweepSpec) -> list[RunSpec]:
+    """Every run's config and every path, checked before the first run starts."""
+    if not Path(spec.teacher).is_file():
+        raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt)")
+    if not spec.evalnet or not Path(spec.evalnet).is_file():
+        raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
+    if spec.reference not in ("val", "test"):
+        raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
+    runs = expand(spec)
+    for run in runs:
+        cfg = run_config(spec, run)
+        checkpoint = cfg.classifier.checkpoint
+        from rdd.methods import needs_classifier
+
+        if needs_classifier(cfg.distill.method) and not (checkpoint and Path(checkpoint).is_file()):
+            raise RddError(f"run {run.point} needs classifier.checkpoint; '{checkpoint}' not found")
+    return runs
+
+
+def evaluate(spec: SweepSpec, ckpt: Path, cache: Path) -> dict:
+    from rdd.metrics import evaluate_checkpoint
+
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = evaluate_checkpoint(ckpt, None, "ddim", spec.eval_samples, spec.eval_seed, evalnet=spec.evalnet,
+                                 reference_cache=str(Path(spec.out) / f"reference_{spec.reference}.npz"),
+                                 progress=False, reference_split=spec.reference, holdout=spec.holdout)
+    write_json(cache, result)
+    return result
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic: a reader, or a resumed sweep, never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def execute(spec: SweepSpec, run: RunSpec) -> dict:
+    """Train one run (resuming a partial one) and evaluate its snapshots and stages."""
+    import time
+
+    import torch
+
+    from rdd.distill import run_progressive, run_stage
+    from rdd.distributed import init_distributed
+    from rdd.training import load_diffusion_model
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    folder = Path(run.folder)
+    cfg = run_config(spec, run)
+    ctx = init_distributed()
+    start = time.time()
+    if spec.to is None:
+        stages = [run_stage(cfg, spec.teacher, folder, ctx)]
+    else:
+        cfg.distill.target_steps = spec.to
+        stages = run_progressive(cfg, spec.teacher, folder, ctx)
+    seconds = time.time() - start
+    evaluations = []
+    for index, model in enumerate(stages):
+        _, _, meta = load_diffusion_model(model)
+        last = cfg.distill.iterations[min(index, len(cfg.distill.iterations) - 1)]
+        points = [(i, model.parent / "snapshots" / f"model-{i:07d}.pt") for i in spec.eval_at if i < last] + [(last, model)]
+        for iteration, ckpt in points:
+            if not ckpt.is_file():
+                continue
+            r = evaluate(spec, ckpt, model.parent / f"eval-{spec.reference}-{iteration:07d}.json")
+            evaluations.append({"stage": index, "steps": meta["sampling_steps"], "iteration": iteration,
+                                "fd": r["fd"], "is": r.get("is")})
+    result = {"point": run.point, "values": run.values, "seed": run.seed, "train_seconds": round(seconds, 1),
+              "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference}
+    write_json(folder / RESULT_FILE, result)
+    return result
+
+
+def run_sweep(spec: SweepSpec, jobs: int = 1) -> Path:
+    runs = check_sweep(spec)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in runs if not (Path(r.folder) / RESULT_FILE).is_file()]
+    print(f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run ({jobs} at a time)")
+    if jobs <= 1:
+        for i, run in enumerate(todo, 1):
+            print(f"[sweep] {i}/{len(todo)}: {run.point} seed {run.seed}")
+            execute(spec, run)
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(execute, [spec] * len(todo), todo):
+                print(f"[sweep] done: {result['point']} seed {result['seed']}: FD {result['final_fd']:.3f}")
+    results = [json.loads((Path(r.folder) / RESULT_FILE).read_text()) for r in runs]
+    write_json(out / "sweep.json", {"spec": asdict(spec), "results": results})
+    (out / "sweep.md").write_text(sweep_table(spec, results))
+    plot_sweep(spec, results, out)
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarise(results: list[dict]) -> dict:
+    """(point, stage, steps, iteration) -> FDs over seeds."""
+    table: dict = {}
+    for r in results:
+        for e in r["evaluations"]:
+            table.setdefault((r["point"], e["stage"], e["steps"], e["iteration"]), []).append(e["fd"])
+    return table
+
+
+def sweep_table(spec: SweepSpec, results: list[dict]) -> str:
+    from rdd.tables import markdown_table
+
+    rows = [[point, f"{steps}", f"{iteration}", _mean_std(fds), f"{len(fds)}"]
+            for (point, _, steps, iteration), fds in summarise(results).items()]
+    head = (f"# Sweep `{spec.out}`\n\nTeacher `{spec.teacher}`, config `{spec.config}`, seeds {spec.seeds}; "
+            f"FD of the evaluation network on {spec.eval_samples} samples against the **{spec.reference}** "
+            f"reference (mean ± std over seeds).\n\n")
+    return head + markdown_table(["point", "steps", "iteration", "FD", "seeds"], rows) + "\n"
+
+
+def plot_sweep(spec: SweepSpec, results: list[dict], out: Path) -> None:
+    """Per swept key: final FD against the key's values with seed error bars, one line per other setting
+    (the paper's Fig. 6-9); and FD against training iterations when several were evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finals: dict = {}
+    for r in results:
+        finals.setdefault(r["point"], []).append(r["final_fd"])
+    values_of = {r["point"]: r["values"] for r in results}
+    for key, key_values in spec.grid:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        others = sorted({point_name({k: v for k, v in values_of[p].items() if k != key}) for p in finals})
+        for other in others:
+            xs, means, stds = [], [], []
+            for value in key_values:
+                point = next((p for p in finals if values_of[p][key] == value
+                              and point_name({k: v for k, v in values_of[p].items() if k != key}) == other), None)
+                if point is None:
+                    continue
+                fds = finals[point]
+                xs.append(value)
+                means.append(statistics.mean(fds))
+                stds.append(statistics.stdev(fds) if len(fds) > 1 else 0.0)
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=other)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"FD ({spec.reference}) ↓")
+        if len(others) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"plot_{key.replace('.', '_')}.png", dpi=120)
+        plt.close(fig)
+    curves = summarise(results)
+    if len({k[3] for k in curves}) > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for point in dict.fromkeys(k[0] for k in curves):
+            keys = sorted(k for k in curves if k[0] == point and k[1] == 0)
+            means = [statistics.mean(curves[k]) for k in keys]
+            stds = [statistics.stdev(curves[k]) if len(curves[k]) > 1 else 0.0 for k in keys]
+            ax.errorbar([k[3] for k in keys], means, yerr=stds, marker="o", capsize=3, label=point)
+        ax.set_xscale("log")
+        ax.set_xlabel("iterations of the stage")
+        ax.set_ylabel(f"FD ({spec.reference}) ↓")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "plot_iterations.png", dpi=120)
+        plt.close(fig)
+
+
+def cmd_sweep(args) -> None:
+    spec = SweepSpec(config=args.config, teacher=args.teacher, out=args.out, grid=parse_grid(args.grid),
+                     seeds=parse_ints(args.seeds, "--seeds"), overrides=args.overrides, to=args.to,
+                     eval_at=parse_ints(args.eval_at, "--eval-at") if args.eval_at else [],
+                     eval_samples=args.eval_samples, eval_seed=args.eval_seed, evalnet=args.evalnet,
+                     reference=args.reference, holdout=args.holdout)
+    if args.jobs < 1:
+        raise RddError(f"--jobs {args.jobs}: run at least one process")
+    if spec.eval_samples < 2:
+        raise RddError(f"--eval-samples {spec.eval_samples}: FD needs at least 2 samples")
+    out = run_sweep(spec, args.jobs)
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and plots")
+
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="train a stage or chain over a grid of config values x seeds, evaluated along the way",
+                       description="Example: rdd sweep --config configs/fmnist/distill.yaml --teacher assets/fmnist/two_step.pt "
+                                   "--grid distill.beta=0.01,0.1 --grid distill.tau_m=0.1,0.4 --seeds 0,1,2 --out runs/sweep")
+    p.add_argument("--config", help="distillation YAML (the base of every run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run (repeatable)")
+    p.add_argument("--teacher", required=True, help="model.pt of the teacher")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a swept key and its values (repeatable; 'method' sweeps distill.method)")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--to", type=int, help="distil a chain down to this many steps (default: one stage)")
+    p.add_argument("--eval-at", help="also evaluate snapshots at these iterations, e.g. 150,500,1000")
+    p.add_argument("--eval-samples", type=int, default=5000)
+    p.add_argument("--eval-seed", type=int, default=0, help="noise seed of the evaluation samples")
+    p.add_argument("--evalnet", default="assets/fmnist/evalnet.pt", help="evaluation network (rdd train-evalnet)")
+    p.add_argument("--reference", default="val", choices=["val", "test"],
+                   help="val: held-out training images, for choosing settings; test: for the final report")
+    p.add_argument("--holdout", type=int, default=10000, help="training images held out as the val split")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.set_defaults(func=cmd_sweep)
