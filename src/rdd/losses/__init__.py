@@ -2,7 +2,7 @@
 
 from rdd.losses.cfd import cfd_loss
 from rdd.losses.ii_p2p import ii_p2p_loss
-from rdd.losses.is_p2p import is_p2p_loss
+from rdd.losses.is_p2p import is_p2p_loss, is_p2p_loss_dense
 from rdd.losses.kl import kl_rows
 from rdd.losses.lpips_loss import LPIPSLoss
 from rdd.losses.m_p2p import m_p2p_loss
@@ -17,6 +17,7 @@ __all__ = [
     "cfd_loss",
     "ii_p2p_loss",
     "is_p2p_loss",
+    "is_p2p_loss_dense",
     "kl_rows",
     "m_p2p_loss",
     "unit_pixels",
