@@ -1,15 +1,16 @@
-"""The shipped paper configs carry every number of SPEC §5."""
+"""The shipped paper configs carry every number of the paper's §5.1 and appendix A, and the public code's settings."""
 import pytest
 
 from conftest import ROOT
 from rdd.benchmark import load_benchmark_config
 from rdd.config import load_config
+from rdd.fidelity import resolve_fidelity
 
 METHODS = ["pd", "pd_lpips", "rcfd", "rdd"]
 
 
-def cfg(path):
-    return load_config(ROOT / "configs" / path)
+def cfg(path, overrides=None):
+    return load_config(ROOT / "configs" / path, overrides)
 
 
 def test_cifar10_base():
@@ -30,24 +31,36 @@ def test_imagenet64_base():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_cifar10_distillation(method):
-    c = cfg(f"cifar10/{method}.yaml")
+    c = cfg("cifar10/distill.yaml", [f"distill.method={method}"])
     d, t = c.distill, c.train
     assert (d.method, d.teacher_steps, d.target_steps) == (method, 8, 1)
     assert d.iterations == [20000, 20000, 40000] and d.tau_cfd == [0.9, 1.0, 0.85]
-    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.num_contrast, d.push_per_step) == (1.0, 0.1, 1.0, 0.1, 20000, 2048, 128)
-    assert (t.lr, t.lr_schedule, t.batch_size, t.grad_clip, c.model.dropout) == (5e-5, "cosine", 128, 1.0, 0.0)
+    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.push_per_step) == (1.0, 0.1, 1.0, 0.1, 20000, 128)
+    assert (t.lr, t.lr_schedule, t.batch_size, t.grad_clip, t.ema_decay, c.model.dropout) == (5e-5, "cosine", 128, 1.0, 0.0, 0.0)
     assert c.classifier.arch == "densenet201"
+    # Tables 1-3 came from the public code: its queue, V = 4,096, no teacher clip, fp32.
+    fid = resolve_fidelity(d)
+    assert (d.fidelity, fid.num_contrast, fid.queue_layout, fid.teacher_clip, t.bf16) == ("official", 4096, "flat_view", False, False)
+    assert resolve_fidelity(cfg("cifar10/distill.yaml", ["distill.fidelity=paper"]).distill).num_contrast == 2048
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_imagenet64_distillation(method):
-    c = cfg(f"imagenet64/{method}.yaml")
+    c = cfg("imagenet64/distill.yaml", [f"distill.method={method}"])
     d, t = c.distill, c.train
     assert (d.method, d.teacher_steps, d.target_steps) == (method, 8, 1)
     assert d.iterations == [50000, 50000, 100000] and d.tau_cfd == [0.85]
-    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.num_contrast) == (100.0, 0.1, 1.0, 0.1, 20000, 2048)
-    assert (t.lr, t.batch_size, t.grad_clip) == (1e-4, 256, 1.0)
-    assert c.classifier.arch == "densenet201"
+    assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size) == (100.0, 0.1, 1.0, 0.1, 20000)
+    assert (t.lr, t.batch_size, t.grad_clip, t.bf16) == (1e-4, 256, 1.0, False)
+    assert (c.data.dataset, c.data.resolution, c.data.channels) == ("imagenet64", 64, 3)
+    assert c.classifier.arch == "densenet201" and d.fidelity == "official"
+
+
+def test_base_chain_merges_mappings_and_replaces_lists(tmp_path):
+    (tmp_path / "parent.yaml").write_text("train: {lr: 0.5, batch_size: 8}\ndistill: {iterations: [1, 2]}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain: {lr: 0.25}\ndistill: {iterations: [3]}\n")
+    c = load_config(tmp_path / "child.yaml")
+    assert (c.train.lr, c.train.batch_size, c.distill.iterations) == (0.25, 8, [3])
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenet64"])
@@ -57,11 +70,13 @@ def test_pd_chain_from_1024_to_8(dataset):
 
 
 def test_cifar10_classifier_recipe():
-    c = cfg("cifar10/classifier.yaml").classifier
-    assert (c.arch, c.lr, c.momentum, c.epochs, c.autoaugment) == ("densenet201", 0.1, 0.9, 300, True)
+    c = cfg("cifar10/classifier.yaml")
+    cc = c.classifier
+    assert (cc.arch, cc.lr, cc.momentum, cc.epochs, cc.autoaugment) == ("densenet201", 0.1, 0.9, 300, True)
+    assert (cc.stem, cc.weight_decay, c.data.holdout) == ("public", 5e-4, 5000)
 
 
-@pytest.mark.parametrize("path", ["cifar10/base.yaml", "cifar10/rdd.yaml", "imagenet64/base.yaml", "imagenet64/pd.yaml"])
+@pytest.mark.parametrize("path", ["cifar10/base.yaml", "cifar10/distill.yaml", "imagenet64/base.yaml", "imagenet64/distill.yaml"])
 def test_paper_protocol_evaluates_50k_samples(path):
     assert cfg(path).eval.num_samples == 50000
 

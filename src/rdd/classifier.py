@@ -1,4 +1,4 @@
-"""The frozen feature classifier of CFD/RCFD/RDD (SPEC §3) and the independent evaluation network.
+"""The frozen feature classifier of CFD/RCFD/RDD (paper §3.2, eq. 3) and the independent evaluation network.
 
 `FeatureClassifier` is torchvision's DenseNet with a CIFAR stem; `forward` returns the final
 feature map, its pooled vector F (what the distillation losses compare) and the logits.
@@ -6,7 +6,9 @@ feature map, its pooled vector F (what the distillation losses compare) and the 
 penultimate features give the domain FD metric, so a student tuned to the DenseNet's features
 cannot game its own score.
 
-Both train with the public recipe of SPEC §5 on images in [-1, 1], the diffusion model's range.
+Both train with the public code's recipe (SGD, momentum 0.9, weight decay 5e-4, lr ÷10 at 50% and
+75%, crop + flip, AutoAugment + Cutout on CIFAR) on images in [-1, 1], the diffusion model's range;
+docs/fidelity.md lists where rdd's recipe differs.
 """
 from __future__ import annotations
 
@@ -35,24 +37,32 @@ class ClassifierOutput(NamedTuple):
     logits: torch.Tensor  # (N, num_classes)
 
 
+STEMS = ("public", "bare")
+
+
 class FeatureClassifier(DenseNet):
     """torchvision DenseNet with a CIFAR stem: a 3x3 stride-1 conv and no max pool.
 
+    `stem="public"` keeps torchvision's norm0 and relu0 after the conv, as the public code's DenseNet
+    does (classifier/densenet.py of cantbebetter2/RDD); `stem="bare"` is the conv alone, the stem of the
+    original CIFAR DenseNets (Huang et al.) and of the classifier shipped in assets/fmnist.
     Subclassing (rather than wrapping) keeps torchvision's parameter names, so a plain DenseNet
     state dict with this stem loads as is. Each stride-2 transition halves the map: a 32x32 input to
     the 4-block DenseNet-201 and a 16x16 input to the 3-block small net both end at 4x4.
     """
 
     def __init__(self, in_channels: int, num_classes: int, growth_rate: int, block_config: tuple,
-                 num_init_features: int, bn_size: int):
+                 num_init_features: int, bn_size: int, stem: str = "public"):
+        if stem not in STEMS:
+            raise RddError(f"unknown classifier stem '{stem}'; choose one of {', '.join(STEMS)}")
         super().__init__(growth_rate=growth_rate, block_config=tuple(block_config),
                          num_init_features=num_init_features, bn_size=bn_size, num_classes=num_classes)
         self.features.conv0 = nn.Conv2d(in_channels, num_init_features, 3, padding=1, bias=False)
         nn.init.kaiming_normal_(self.features.conv0.weight)
-        # Dropped as in the CIFAR DenseNets (Huang et al.; the public RCFD classifier): the dense
-        # layers are pre-activation (BN-ReLU-conv), so the first one already normalizes conv0's
-        # output; a BN-ReLU here would only clip half of the stem features before they are reused.
-        del self.features.norm0, self.features.relu0, self.features.pool0
+        del self.features.pool0
+        if stem == "bare":
+            del self.features.norm0, self.features.relu0
+        self.stem = stem
 
     @property
     def num_features(self) -> int:
@@ -93,7 +103,7 @@ class EvalNet(nn.Module):
 
 
 ARCHS = {
-    # SPEC §5: the paper's DenseNet-201 (1920 features).
+    # The paper's DenseNet-201 (§5.1; 1920 features).
     "densenet201": dict(growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64, bn_size=4),
     # A small 3-block DenseNet-BC for 16x16 Fashion-MNIST: ~0.18M parameters, fast on a CPU.
     "densenet-bc-small": dict(growth_rate=12, block_config=(6, 6, 6), num_init_features=24, bn_size=4),
@@ -102,12 +112,12 @@ ARCHS = {
 }
 
 
-def build_classifier(arch: str, in_channels: int, num_classes: int = 10) -> nn.Module:
+def build_classifier(arch: str, in_channels: int, num_classes: int = 10, stem: str = "public") -> nn.Module:
     if arch not in ARCHS:
         raise RddError(f"unknown classifier arch '{arch}'; choose one of {', '.join(ARCHS)}")
     if arch == "evalnet-cnn":
         return EvalNet(in_channels, num_classes, **ARCHS[arch])
-    return FeatureClassifier(in_channels, num_classes, **ARCHS[arch])
+    return FeatureClassifier(in_channels, num_classes, **ARCHS[arch], stem=stem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +135,8 @@ def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero one size x size square per image (centre may lie on the border, as in DeVries & Taylor).
-    Zero is mid-gray in [-1, 1], the value Cutout writes after normalization in the public code."""
+    """Paint one size x size square per image black (-1), centre possibly on the border (DeVries & Taylor).
+    The public code applies Cutout before normalisation, so its patches are black too."""
     n, _, h, w = x.shape
     cy = torch.randint(0, h, (n, 1, 1), device=x.device)
     cx = torch.randint(0, w, (n, 1, 1), device=x.device)
@@ -134,7 +144,7 @@ def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     top, left = cy - size // 2, cx - size // 2
     hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return x.masked_fill(hole.unsqueeze(1), 0.0)
+    return x.masked_fill(hole.unsqueeze(1), -1.0)
 
 
 def auto_augment(x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 500,
 
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | None = None, seed: int | None = None,
                      progress: bool = True, train_limit: int | None = None, test_limit: int | None = None) -> dict:
-    """Train a classifier on cfg.data with the recipe of SPEC §5; write classifier.pt and metrics.jsonl.
+    """Train a classifier on cfg.data with the public code's recipe; write classifier.pt and metrics.jsonl.
+
+    With data.holdout > 0 the weights of the epoch with the best accuracy on the held-out training
+    images are kept (the public code keeps the best test accuracy, which tunes on the test set).
 
     `arch`/`seed` override cfg.classifier (the evaluation network uses arch='evalnet-cnn' and another
     seed); `train_limit`/`test_limit` keep the first N images of each split (tests, quick runs).
@@ -197,13 +210,15 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
                         drop_last=len(train_set) >= 2 * cc.batch_size,  # a lone tiny last batch upsets BatchNorm
                         generator=torch.Generator().manual_seed(seed))
 
-    model = build_classifier(arch, cfg.data.channels, 10).to(device)
+    stem = cc.stem
+    model = build_classifier(arch, cfg.data.channels, 10, stem).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cc.lr, momentum=cc.momentum, weight_decay=cc.weight_decay)
     # ÷10 at 50% and 75% of training, counted in iterations so that 1-epoch runs decay too.
     total = cc.epochs * len(loader)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [math.ceil(0.5 * total), math.ceil(0.75 * total)], gamma=0.1)
 
-    test_acc = 0.0
+    val_set = load_dataset(cfg.data, "val") if cfg.data.holdout else None
+    test_acc, best_val, best_weights = 0.0, -1.0, None
     with open(out_dir / "metrics.jsonl", "w") as log:
         for epoch in range(cc.epochs):
             model.train()
@@ -224,13 +239,20 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
             test_acc = evaluate_accuracy(model, test_set, device=device)
             row = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen, test_acc=test_acc,
                        lr=opt.param_groups[0]["lr"])
+            if val_set is not None:
+                row["val_acc"] = evaluate_accuracy(model, val_set, device=device)
+                if row["val_acc"] > best_val:
+                    best_val, best_weights = row["val_acc"], {k: v.clone() for k, v in model.state_dict().items()}
             log.write(json.dumps(row) + "\n")
             log.flush()
             if progress:
                 print(json.dumps(row))
 
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+        test_acc = evaluate_accuracy(model, test_set, device=device)
     path = out_dir / "classifier.pt"
-    save_checkpoint(dict(kind="classifier", arch=arch, in_channels=cfg.data.channels, num_classes=10,
+    save_checkpoint(dict(kind="classifier", arch=arch, stem=stem, in_channels=cfg.data.channels, num_classes=10,
                          resolution=cfg.data.resolution, model=model.state_dict(), test_accuracy=test_acc,
                          config=dataclasses.asdict(cfg)), path)
     return {"test_accuracy": test_acc, "path": str(path)}
@@ -242,8 +264,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", arch: 
 
     Takes a checkpoint of `train_classifier` (kind 'classifier'), or a plain torchvision-style
     DenseNet state dict, e.g. a user's ImageNet 64x64 DenseNet-201, when `arch` and `in_channels`
-    are passed (`num_classes` defaults to the rows of classifier.weight). Such weights must use the
-    CIFAR stem of FeatureClassifier (3x3 conv0, no norm0/pool0); a 'module.' prefix from DDP is removed.
+    are passed (`num_classes` defaults to the rows of classifier.weight). Such weights must use a
+    CIFAR stem of FeatureClassifier (3x3 conv0, no pool0; with or without norm0, which is detected);
+    a 'module.' prefix from DDP is removed. rdd checkpoints from before the `stem` setting have the bare stem.
     """
     state = load_checkpoint(path)
     if "kind" in state:
@@ -253,6 +276,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", arch: 
         if arch is not None and arch != state["arch"]:
             raise RddError(f"checkpoint '{path}' holds a '{state['arch']}' classifier, not '{arch}'")
         arch, in_channels, num_classes, weights = state["arch"], state["in_channels"], state["num_classes"], state["model"]
+        stem = state.get("stem", "bare")
     else:
         if arch is None or in_channels is None:
             raise RddError(f"checkpoint '{path}' is not an rdd classifier checkpoint; for a plain DenseNet "
@@ -265,7 +289,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", arch: 
             if "classifier.weight" not in weights:
                 raise RddError(f"checkpoint '{path}' has no classifier.weight; pass num_classes=")
             num_classes = weights["classifier.weight"].shape[0]
-    model = build_classifier(arch, in_channels, num_classes)
+        stem = "public" if "features.norm0.weight" in weights else "bare"
+    model = build_classifier(arch, in_channels, num_classes, stem)
     load_module_state(model, weights, path, f"'{arch}' classifier")
     model.to(device).eval().requires_grad_(False)
     return model

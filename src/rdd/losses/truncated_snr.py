@@ -1,4 +1,4 @@
-"""Base-model loss (SPEC §1): L = omega_t ||x_hat - x||^2 with omega_t = max(alpha_t^2 / sigma_t^2, 1)."""
+"""Base-model loss (Salimans & Ho 2022, as paper §5.1): L = omega_t ||x_hat - x||^2 with omega_t = max(alpha_t^2 / sigma_t^2, 1)."""
 from __future__ import annotations
 
 import torch
