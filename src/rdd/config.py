@@ -64,12 +64,13 @@ class ClassifierConfig:
     """The frozen feature classifier of RCFD/RDD (paper §3.2 eq. 3, §5.1)."""
 
     arch: str = "densenet-bc-small"  # densenet201 | densenet-bc-small
+    stem: str = "public"  # public: 3x3 conv0 -> norm0 -> relu0, as the public code | bare: conv0 only
     checkpoint: str | None = None  # weights of a trained classifier (rdd train-classifier)
     epochs: int = 15
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 5e-4  # the public code's
     augment: bool = True  # crop + flip (+ AutoAugment/Cutout when `autoaugment`)
     autoaugment: bool = False
     seed: int = 0
@@ -225,16 +226,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _merge(base: dict, delta: dict) -> dict:
+    """`delta` over `base`: mappings merge key by key, anything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in delta.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def read_yaml_config(path: str | Path, seen: tuple = ()) -> dict:
+    """A YAML config as a mapping, with its `base:` chain resolved (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/fmnist/teacher.yaml")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file '{path}' includes itself through `base:`; remove the cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': `base` must be a path to another YAML file, got {base!r}")
+    return _merge(read_yaml_config(path.parent / base, seen + (path.resolve(),)), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/fmnist/teacher.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
+    data = read_yaml_config(path) if path is not None else {}
     return from_dict(apply_overrides(data, overrides or []))
