@@ -19,15 +19,16 @@ $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --ev
 $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --eval-at 150,300,500 \
   --grid method=rdd --grid distill.fidelity=official --seeds 0 --out $OUT/convergence-official
 
-# 2. Sensitivity at 500 iterations, seeds 0-1 (validation FD): beta, and the two fidelity switches with the largest effect.
+# 2. Sensitivity at 500 iterations, seeds 0-1 (validation FD), against RCFD at the same length: beta,
+#    the two fidelity switches with the largest effect, tau_M and alpha.
+$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rcfd \
+  --seeds 0,1 --out $OUT/rcfd-500
 $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
   --grid distill.beta=0.01,0.03,0.1,0.3 --seeds 0,1 --out $OUT/beta
 $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
   --grid distill.queue_layout=pixels,flat_view --grid distill.teacher_clip=true,false --seeds 0,1 --out $OUT/fidelity
 $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
   --grid distill.tau_m=0.1,0.4 --grid distill.alpha=0.3,1,3 --seeds 0,1 --out $OUT/tau-alpha
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rcfd \
-  --seeds 0,1 --out $OUT/rcfd-500
 
 # 3. Chains from a 16-step PD model down to 1 step (errors compound): the teacher, PD 16 -> ... -> 16 first.
 $RDD train --config configs/fmnist/benchmark-teacher.yaml --out $OUT/teacher --resume
