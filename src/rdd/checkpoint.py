@@ -3,9 +3,12 @@
 A checkpoint is a dict of tensors, numbers, strings and lists, written to a temporary file in
 the same folder, flushed to disk and renamed over the target, so a kill mid-save leaves the
 previous checkpoint whole. Loading uses `weights_only=True`: a pickle that carries code is refused.
+Each checkpoint also stores a sha256 digest of its contents (tensors, keys, values), checked on load,
+so a damaged copy (a flipped bit on disk, a bad transfer) is refused instead of loading wrong weights.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -22,8 +25,47 @@ def _umask() -> int:
     return mask
 
 
+DIGEST_KEY = "content_sha256"
+
+
+def content_digest(state) -> str:
+    """sha256 over every tensor's place, dtype, shape and bytes, walking mappings in sorted key order;
+    keys, numbers and strings are included, so a damaged name or step count is caught too."""
+    h = hashlib.sha256()
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{where}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            h.update(f"{where}|dict|".encode())
+            for key in sorted(value, key=str):
+                walk(value[key], f"{where}/{key!r}")
+        elif isinstance(value, (set, frozenset)):  # no fixed order of its own
+            walk(sorted(value, key=repr), where)
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{where}|list|".encode())
+            for i, item in enumerate(value):
+                walk(item, f"{where}/{i}")
+        else:
+            h.update(f"{where}={value!r}|".encode())
+
+    walk(state, "")
+    return h.hexdigest()
+
+
+def first_nonfinite(weights: dict) -> str | None:
+    """The name of the first floating-point tensor that holds a nan or an inf, if any."""
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
+    state = {**state, DIGEST_KEY: content_digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,13 +88,18 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        # Code names a global outside torch; random bytes fail as "Unsupported operand", a flipped bit
+        # inside one of torch's own names as an unknown GLOBAL torch.*.
+        if "GLOBAL" in str(e) and "GLOBAL torch." not in str(e):
             raise RddError(f"checkpoint '{path}' carries code objects in its pickle; refusing to load an unsafe checkpoint") from None
         raise RddError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); use another copy") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # a damaged pickle or zip fails in many ways (KeyError, IndexError, RuntimeError, ...)
         raise RddError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); use another copy") from None
     if not isinstance(state, dict):
         raise RddError(f"checkpoint '{path}' does not hold an rdd checkpoint (expected a dict, got {type(state).__name__})")
+    stored = state.pop(DIGEST_KEY, None)  # older files have none (the shipped ones are checked by SHA256SUMS)
+    if stored is not None and stored != content_digest(state):
+        raise RddError(f"checkpoint '{path}' is damaged: its contents do not match the stored digest; use another copy")
     return state
 
 
