@@ -1,12 +1,14 @@
 """Typed experiment configs loaded from YAML.
 
-One `ExperimentConfig` per experiment file under `configs/`. Unknown keys, wrong types and
-missing files fail with a one-line `ConfigError` that names the problem and the fix.
+One `ExperimentConfig` per experiment file under `configs/`. Unknown keys, wrong types,
+out-of-range values and missing files fail with a one-line `ConfigError` that names the problem
+and the fix, when the config is loaded: before any work starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,12 @@ class ModelConfig:
     name: str = "fmnist-small"  # a backbone preset of rdd.networks.PRESETS
     dropout: float = 0.0
     num_classes: int = 0  # >0 makes the U-Net class-conditional
+    # A network from a diffusers folder (name 'diffusers'): {unet: its config, schedule, prediction_type}.
+    diffusers: dict | None = None
+
+    def __post_init__(self):
+        _check("model.dropout", self.dropout, 0 <= self.dropout < 1, "a number in [0, 1)")
+        _at_least("model.num_classes", self.num_classes, 0)
 
 
 @dataclass
@@ -38,6 +46,13 @@ class DataConfig:
     channels: int = 1
     num_workers: int = 0
     holdout: int = 0  # the last N training images form the 'val' split and are never trained on
+
+    def __post_init__(self):
+        _at_least("data.resolution", self.resolution, 8)
+        _check_choice("data.channels", self.channels, (1, 3))
+        _check_choice("data.resize", self.resize, ("bilinear", "pad"))
+        _at_least("data.num_workers", self.num_workers, 0)
+        _at_least("data.holdout", self.holdout, 0)
 
 
 @dataclass
@@ -58,6 +73,17 @@ class TrainConfig:
     num_grid: int = 64
     snapshot_at: list[int] = field(default_factory=list)  # also export the model at these steps (snapshots/)
 
+    def __post_init__(self):
+        for key in ("iterations", "batch_size", "log_every", "ckpt_every", "sample_steps", "num_grid"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("warmup", "sample_every", "grad_clip"):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        _positive("train.lr", self.lr)
+        _check_choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _check("train.ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "a number in [0, 1)")
+        for i, step in enumerate(self.snapshot_at):
+            _at_least(f"train.snapshot_at[{i}]", step, 1)
+
 
 @dataclass
 class ClassifierConfig:
@@ -75,6 +101,15 @@ class ClassifierConfig:
     autoaugment: bool = False
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
+
+    def __post_init__(self):
+        _at_least("classifier.epochs", self.epochs, 1)
+        _at_least("classifier.batch_size", self.batch_size, 1)
+        _positive("classifier.lr", self.lr)
+        _check("classifier.momentum", self.momentum, 0 <= self.momentum < 1, "a number in [0, 1)")
+        _at_least("classifier.weight_decay", self.weight_decay, 0)
+        if self.train_limit is not None:
+            _at_least("classifier.train_limit", self.train_limit, 1)
 
 
 @dataclass
@@ -115,6 +150,25 @@ class DistillConfig:
         for key, choices in SWITCH_CHOICES.items():
             if choices is not None and getattr(self, key) is not None:
                 _check_choice(f"distill.{key}", getattr(self, key), choices)
+        for key, values, check in (("iterations", self.iterations, lambda k, v: _at_least(k, v, 1)),
+                                   ("tau_cfd", self.tau_cfd, _positive)):
+            _check(f"distill.{key}", values, len(values) > 0, "a list of one value per stage (the last repeats)")
+            for i, value in enumerate(values):
+                check(f"distill.{key}[{i}]", value)
+        for key in ("tau_is", "tau_m", "tau_ii"):  # a temperature of 0 divides by zero in the softmax
+            _positive(f"distill.{key}", getattr(self, key))
+        for key in ("alpha", "beta"):
+            _at_least(f"distill.{key}", getattr(self, key), 0)
+        _at_least("distill.target_steps", self.target_steps, 1)
+        if self.teacher_steps is not None:
+            _at_least("distill.teacher_steps", self.teacher_steps, 2)
+        _at_least("distill.push_per_step", self.push_per_step, 1)
+        _check("distill.queue_size", self.queue_size, self.queue_size >= self.push_per_step,
+               f"at least distill.push_per_step ({self.push_per_step})")
+        if self.num_contrast is not None:
+            _at_least("distill.num_contrast", self.num_contrast, 1)
+            _check("distill.queue_size", self.queue_size, self.queue_size >= self.num_contrast,
+                   f"at least distill.num_contrast ({self.num_contrast})")
 
 
 @dataclass
@@ -124,6 +178,10 @@ class EvalConfig:
     evalnet: str | None = None  # checkpoint of rdd train-evalnet (domain FD)
     inception_weights: str | None = None
     reference_cache: str | None = None
+
+    def __post_init__(self):
+        _at_least("eval.num_samples", self.num_samples, 2)  # a covariance (FD) needs two samples
+        _at_least("eval.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -136,10 +194,30 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):
+        # rdd's deepest U-Net preset and the DenseNet-201 halve the image three times; a diffusers
+        # network brings a size that fits its own blocks.
+        if self.model.name != "diffusers":
+            _check("data.resolution", self.data.resolution, self.data.resolution % 8 == 0, "a multiple of 8 (at least 8)")
+
 
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def _check(key: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} is {value!r}; allowed: {allowed}")
+
+
+def _at_least(key: str, value, low) -> None:
+    allowed = f">= {low}" if isinstance(value, int) else f"a finite number >= {low}"
+    _check(key, value, math.isfinite(value) and value >= low, allowed)  # nan and inf fail too
+
+
+def _positive(key: str, value) -> None:
+    _check(key, value, math.isfinite(value) and value > 0, "a finite number > 0")
 
 
 def _type_name(tp) -> str:
