@@ -7,6 +7,7 @@ ImageNet 64x64 from an image folder whose sub-folders are the classes.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,31 @@ FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+REINSTALL = "apt-get install --reinstall dataset-fashion-mnist"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): magic, dims, then big-endian unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    damaged = f"Fashion-MNIST file '{path}' is truncated or corrupt; reinstall it with `{REINSTALL}` or replace the file"
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error):  # gzip.BadGzipFile is an OSError
+        raise RddError(damaged) from None
+    # Magic: two zero bytes, 0x08 (unsigned bytes), the number of dimensions.
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:
+        raise RddError(damaged)
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise RddError(damaged)
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_fashion_mnist(root: str | None) -> Path:
-    candidates = [Path(root)] if root else []
-    candidates += [FASHION_MNIST_DEBIAN, Path.home() / ".cache/rdd/fashion-mnist"]
+    # A data.root that is set is the only place looked at: never silently another copy.
+    candidates = [Path(root)] if root else [FASHION_MNIST_DEBIAN, Path.home() / ".cache/rdd/fashion-mnist"]
     for folder in candidates:
         if (folder / "train-images-idx3-ubyte.gz").is_file() or (folder / "train-images-idx3-ubyte").is_file():
             return folder
@@ -48,8 +61,9 @@ def _find_fashion_mnist(root: str | None) -> Path:
         FashionMNIST(str(target), train=False, download=True)
         return target / "FashionMNIST" / "raw"
     except Exception:
+        where = f"in data.root '{root}'" if root else "(data.root is unset)"
         raise RddError(
-            "Fashion-MNIST not found; install it with `apt-get install dataset-fashion-mnist` "
+            f"Fashion-MNIST not found {where}; install it with `apt-get install dataset-fashion-mnist` "
             "or put the IDX files in the folder given by data.root"
         ) from None
 
@@ -80,6 +94,9 @@ def fashion_mnist(cfg: DataConfig, split: str) -> TensorDataset:
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise RddError(f"Fashion-MNIST in '{folder}' has {len(images)} {prefix} images but {len(labels)} labels; "
+                       f"reinstall it with `{REINSTALL}` or replace the files")
     x = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).unsqueeze(1)
     x = to_resolution(x, cfg.resolution, cfg.resize)
     if cfg.channels == 3:
@@ -141,6 +158,8 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     """`train`, `val` (the last data.holdout training images, never trained on) or `test`."""
     if cfg.dataset not in DATASETS:
         raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
+    if cfg.root and not Path(cfg.root).is_dir():
+        raise RddError(f"data.root '{cfg.root}' is not a folder; create it, fix the path, or unset data.root for the default location")
     if split == "test" or (split == "train" and not cfg.holdout):
         return DATASETS[cfg.dataset](cfg, split)
     if split != "val" and split != "train":

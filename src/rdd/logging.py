@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -36,12 +37,21 @@ class MetricsLog:
         """Drop lines logged after `step`, so a resumed run does not log a step twice."""
         if not (self.enabled and self.path.is_file()):
             return
-        lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in lines))
+        lines = [line for line in self.path.read_text().splitlines() if (at := _step(line)) is not None and at <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps the old log whole
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _step(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except json.JSONDecodeError:
+        return None  # blank, or cut short by a kill in the middle of a write
 
 
 def read_metrics(path: str | Path) -> list[dict]:
