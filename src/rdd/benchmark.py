@@ -47,7 +47,46 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"benchmark config '{path}' not found; e.g. configs/fmnist/benchmark.yaml")
-    return build_dataclass(BenchmarkConfig, apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or []))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"benchmark config '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"benchmark config '{path}' must hold a mapping at its top level")
+    bc = build_dataclass(BenchmarkConfig, apply_overrides(data, overrides or []))
+    check_benchmark(bc)
+    return bc
+
+
+def check_benchmark(bc: BenchmarkConfig) -> None:
+    """Every referenced config, method, step count and list, checked before the first stage trains."""
+    from rdd.diffusion import check_halving
+    from rdd.methods import check_method
+
+    for key in ("teacher_config", "classifier_config", "evalnet_config", "distill_config"):
+        try:
+            load_config(getattr(bc, key))
+        except ConfigError as e:
+            raise ConfigError(f"benchmark {key}: {e}") from None
+    for method in bc.chain_methods + bc.ablation_methods:
+        check_method(method)
+    check_halving(bc.teacher_steps, bc.pd_to)
+    required = ["chain_methods", "pd_iterations", "chain_iterations", "teacher_ddim_steps"] + (["ablation_seeds"] if bc.ablation_methods else [])
+    for key in required:
+        if not getattr(bc, key):
+            raise ConfigError(f"{key} is empty; give at least one value")
+    if bc.ablation_methods and ("pd" not in bc.chain_methods or bc.pd_to < 4):
+        raise ConfigError(f"the ablation distils the PD chain's 2-step model: keep pd in chain_methods and pd_to >= 4 (it is {bc.pd_to})")
+    counts = {"ablation_iterations": bc.ablation_iterations, "dpm_solver_steps": bc.dpm_solver_steps, "pndm_steps": bc.pndm_steps,
+              **{f"{key}[{i}]": n for key in ("pd_iterations", "chain_iterations", "teacher_ddim_steps")
+                 for i, n in enumerate(getattr(bc, key))}}
+    for key, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{key} is {value}; allowed: >= 1")
+    if bc.eval_samples < 2:
+        raise ConfigError(f"eval_samples is {bc.eval_samples}; allowed: >= 2 (the Fréchet distance needs a covariance)")
+    if bc.notes and not Path(bc.notes).is_file():
+        raise ConfigError(f"notes file '{bc.notes}' not found; fix the path or remove notes")
 
 
 class Timings:

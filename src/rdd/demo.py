@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from rdd.config import load_config
@@ -24,9 +25,14 @@ def verify_assets(folder: Path) -> dict[str, Path]:
     """The shipped files named in SHA256SUMS, each checked against its checksum."""
     sums = folder / "SHA256SUMS"
     files = {}
-    for line in sums.read_text().splitlines():
-        digest, name = line.split()
-        path = folder / name
+    for number, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+            raise RddError(f"'{sums}' line {number} is malformed ({line.strip()[:40]!r}); each line must be "
+                           f"'<sha256>  <file>': restore it with git checkout -- {sums}")
+        digest, path = parts[0].lower(), folder / parts[1].lstrip("*")  # sha256sum marks binary mode with '*'
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise RddError(f"shipped model '{path}' is missing or damaged (checksum mismatch); restore it with git checkout -- {path}")
         files[path.stem] = path
@@ -47,10 +53,15 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     from rdd.report import comparison_grid, loss_curves
 
     out, assets_dir = Path(out), Path(assets_dir)
+    if num_samples < 2:
+        raise RddError(f"--num {num_samples}: the Fréchet distance needs at least 2 samples per model")
     if not (assets_dir / "SHA256SUMS").is_file():
         train_small_teacher(out, overrides)
         return out / "teacher" / "samples.png"
     assets = verify_assets(assets_dir)
+    missing = sorted({"two_step", "classifier", "evalnet"} - assets.keys())
+    if missing:
+        raise RddError(f"'{assets_dir / 'SHA256SUMS'}' lists no {', '.join(missing)}; restore it with git checkout -- {assets_dir}")
     ctx = init_distributed()
     cfg = load_config(DEMO_CONFIG, overrides)
     cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(assets["classifier"]))

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rdd.errors import RddError
+
 
 @dataclass
 class DistContext:
@@ -19,9 +21,26 @@ class DistContext:
         return self.rank == 0
 
 
+def world_size() -> int:
+    raw = os.environ.get("WORLD_SIZE", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise RddError(f"WORLD_SIZE={raw!r} is not a process count; unset it, or start the run with torchrun")
+    return int(raw)
+
+
+def require_single_process(command: str) -> None:
+    """For the commands that do not split their work over torchrun's processes."""
+    world = world_size()
+    if world > 1:
+        raise RddError(f"rdd {command} runs in a single process; start it without torchrun (WORLD_SIZE={world})")
+
+
 def init_distributed() -> DistContext:
     """One process per device; without torchrun's variables this is a single CPU/GPU process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
+    if world > 1 and not dist.is_initialized() and "MASTER_ADDR" not in os.environ:
+        raise RddError(f"WORLD_SIZE={world} but MASTER_ADDR is not set; start multi-process runs with "
+                       f"torchrun --nproc_per_node={world} -m rdd.cli ..., or unset WORLD_SIZE")
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
