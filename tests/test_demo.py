@@ -14,19 +14,19 @@ def make_assets(folder, teacher, classifier, evalnet):
     (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
 
 
-def test_demo_distils_with_rdd_and_pd_evaluates_and_reports(teacher, classifier, evalnet, small_fmnist, tmp_path):
+def test_demo_distils_with_pd_rcfd_and_rdd_evaluates_and_reports(teacher, classifier, evalnet, small_fmnist, tmp_path):
     assets = tmp_path / "assets"
     make_assets(assets, teacher, classifier, evalnet)
     out = tmp_path / "demo"
     result = run_rdd("demo", "--assets", str(assets), "--out", str(out), "--num", "100", "--set", f"data.root={small_fmnist}",
                      "--set", "distill.iterations=[3]", "--set", "train.batch_size=8", "--set", "distill.queue_size=64",
                      "--set", "distill.num_contrast=16", "--set", "distill.push_per_step=8")
-    assert "| PD 1 step | 1 |" in result.stdout and "| RDD 1 step | 1 |" in result.stdout
+    assert all(f"| {m} 1 step | 1 |" in result.stdout for m in ("PD", "RCFD", "RDD"))
     page = (out / "report.md").read_text()
     assert "| RDD 1 step |" in page and "![grids](grids.png)" in page
     width, height = Image.open(out / "grids.png").size
-    assert width > 16 * 17 and height > 3 * 40  # 3 rows of 16 images from the same noise
-    assert (out / "rdd" / "model.pt").is_file() and (out / "pd" / "model.pt").is_file()
+    assert width > 16 * 17 and height > 4 * 40  # 4 rows of 16 images from the same noise
+    assert all((out / m / "model.pt").is_file() for m in ("pd", "rcfd", "rdd"))
 
 
 def test_a_damaged_shipped_model_is_a_one_line_error(teacher, classifier, evalnet, tmp_path):

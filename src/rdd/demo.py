@@ -39,6 +39,9 @@ def verify_assets(folder: Path) -> dict[str, Path]:
     return files
 
 
+DEMO_METHODS = ("pd", "rcfd", "rdd")  # RCFD beside RDD: the study (benchmarks/fmnist/STUDY.md) compares them
+
+
 def train_small_teacher(out: Path, overrides: list[str]) -> None:
     from rdd.training import train_base_model
 
@@ -66,7 +69,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     cfg = load_config(DEMO_CONFIG, overrides)
     cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(assets["classifier"]))
     students = {}
-    for method in ("pd", "rdd"):
+    for method in DEMO_METHODS:
         stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, method=method))
         students[method] = run_stage(stage_cfg, assets["two_step"], out / method, ctx, stage_index=0)
 
@@ -77,7 +80,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
                                      reference_cache=str(out / "reference.npz"))
         results.append({"model": label, "steps": steps, "fd": result["fd"], "is": result["is"], "ckpt": str(ckpt)})
     grid = comparison_grid(rows, out / "grids.png", num=16)
-    curves = loss_curves({f"{m} 2->1": p.parent for m, p in students.items()}, out / "loss_curves.png", columns=2)
+    curves = loss_curves({f"{m} 2->1": p.parent for m, p in students.items()}, out / "loss_curves.png", columns=len(students))
 
     table = ["| model | steps | FD ↓ | IS ↑ |", "|---|---|---|---|"]
     table += [f"| {r['model']} | {r['steps']} | {r['fd']:.4g} | {r['is']:.2f} |" for r in results]
