@@ -20,7 +20,7 @@ def cmd_train(args) -> None:
     from rdd.training import train_base_model
 
     ctx = init_distributed()
-    train_base_model(load_config(args.config, args.overrides), args.out, ctx, resume=args.resume)
+    train_base_model(load_config(args.config, args.overrides), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
         print(f"wrote {Path(args.out) / 'model.pt'} and {Path(args.out) / 'samples.png'}")
 
@@ -40,7 +40,7 @@ def cmd_distill(args) -> None:
 
     cfg = _distill_config(args)
     ctx = init_distributed()
-    path = run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume)
+    path = run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
         print(f"wrote {path}")
 
@@ -53,7 +53,7 @@ def cmd_progressive(args) -> None:
     if args.to is not None:
         cfg.distill.target_steps = args.to
     ctx = init_distributed()
-    models = run_progressive(cfg, args.teacher, args.out, ctx)
+    models = run_progressive(cfg, args.teacher, args.out, ctx, overwrite=args.overwrite)
     if ctx.is_main:
         print("\n".join(f"wrote {m}" for m in models))
 
@@ -61,7 +61,9 @@ def cmd_progressive(args) -> None:
 def cmd_train_classifier(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
+    from rdd.distributed import require_single_process
 
+    require_single_process("train-classifier")
     result = train_classifier(load_config(args.config, args.overrides), args.out)
     print(f"test accuracy {result['test_accuracy']:.4f}; wrote {result['path']}")
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run folder: checkpoints, grids, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start over")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
         else:
             p.add_argument("--to", type=int, help="target step count (default: distill.target_steps)")
+        p.add_argument("--overwrite", action="store_true", help="delete the run(s) already in --out and start over")
         p.set_defaults(func=func)
 
     p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
@@ -125,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(args) -> str:
+    """How the interrupted command continues; the commands not named here start over."""
+    overwrite = getattr(args, "overwrite", False)
+    if args.command in ("train", "distill"):
+        return "; resume with the same command and --resume" + (" instead of --overwrite" if overwrite else "")
+    if args.command in ("progressive", "benchmark", "sweep", "demo"):  # they always resume
+        return "; run the same command again" + (" without --overwrite" if overwrite else "") + " to resume"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rdd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rdd: interrupted; resume with the same command and --resume", file=sys.stderr)
+        print(f"rdd: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
     return 0
 

@@ -1,7 +1,8 @@
 """Distillation stages N -> N/2 and progressive chains N -> ... -> target (paper §3.1, §5.1).
 
 A stage's student starts as a copy of its teacher; a chain runs stages in folders
-`stage-{N}to{N/2}` and, after an interruption, resumes at the first unfinished one.
+`stage-{N}to{N/2}` and, after an interruption, resumes at the first unfinished one. A finished
+stage is reused only when its run.json shows the same settings and teacher.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+from rdd.checkpoint import load_checkpoint
 from rdd.classifier import load_classifier
-from rdd.config import ExperimentConfig
+from rdd.config import DistillConfig, ExperimentConfig
 from rdd.diffusion import check_halving
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
-from rdd.methods import DistillationObjective, needs_classifier
+from rdd.fidelity import resolve_fidelity
+from rdd.methods import METHODS, DistillationObjective, needs_classifier
+from rdd.rundir import check_same_run, manifest, write_json_atomic
 from rdd.training import MODEL_FILE, fit, load_diffusion_model
 
 
@@ -59,63 +63,96 @@ class Stage:
     meta: dict
 
 
-def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
-    teacher, teacher_cfg, meta = load_diffusion_model(teacher_path, ctx.device)
-    teacher_steps = teacher_step_count(meta, cfg, teacher_path)
+def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_index: int = 0):
+    """What defines a stage, before its objective is built: (config, teacher, meta, iterations)."""
+    teacher, teacher_cfg, teacher_meta = load_diffusion_model(teacher_path, device)
+    teacher_steps = teacher_step_count(teacher_meta, cfg, teacher_path)
     check_halving(teacher_steps, teacher_steps // 2)
     cfg = stage_config(cfg, teacher_cfg)
-    classifier = None
+    meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
+            "tau_cfd": per_stage(cfg.distill.tau_cfd, stage_index), "teacher": str(teacher_path),
+            "fidelity": cfg.distill.fidelity, "fidelity_switches": resolve_fidelity(cfg.distill).as_dict()}
     if needs_classifier(cfg.distill.method):
         if not cfg.classifier.checkpoint:
             raise RddError(f"method '{cfg.distill.method}' needs a trained classifier: set classifier.checkpoint=PATH "
                            "(make one with `rdd train-classifier`)")
-        classifier = load_classifier(cfg.classifier.checkpoint, ctx.device)
-    tau_cfd = per_stage(cfg.distill.tau_cfd, stage_index)
-    objective = DistillationObjective(cfg, teacher, teacher_steps, tau_cfd, classifier).to(ctx.device)
+        meta["classifier"] = cfg.classifier.checkpoint
+    return cfg, teacher, meta, per_stage(cfg.distill.iterations, stage_index)
+
+
+def check_lpips_weights(dc: DistillConfig) -> None:
+    """The LPIPS loss reads its backbone file as it is: refuse a damaged or wrong one here, in one line."""
+    from torchvision import models
+
+    from rdd.losses.lpips_loss import _BACKBONES
+
+    if not dc.lpips_weights or dc.lpips_net not in _BACKBONES or all(term != "lpips" for term, _ in METHODS[dc.method]):
+        return
+    builder, _, name = _BACKBONES[dc.lpips_net]
+    if not Path(dc.lpips_weights).is_file():
+        raise RddError(f"distill.lpips_weights '{dc.lpips_weights}' not found; pass torchvision's ImageNet {name} weights file")
+    weights = load_checkpoint(dc.lpips_weights)
+    with torch.device("meta"):
+        expected = getattr(models, builder)().state_dict()
+    bad = [k for k in expected if getattr(weights.get(k), "shape", None) != expected[k].shape]
+    bad += sorted(weights.keys() - expected.keys())
+    if bad:
+        raise RddError(f"distill.lpips_weights '{dc.lpips_weights}' is not torchvision's {name} state dict ({len(bad)} "
+                       f"missing, extra or reshaped tensors, e.g. '{bad[0]}'); pass its ImageNet weights file")
+
+
+def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
+    cfg, teacher, meta, iterations = plan_stage(cfg, teacher_path, ctx.device, stage_index)
+    check_lpips_weights(cfg.distill)
+    classifier = load_classifier(meta["classifier"], ctx.device) if "classifier" in meta else None
+    objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier).to(ctx.device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
-            "tau_cfd": tau_cfd, "teacher": str(teacher_path), "fidelity": cfg.distill.fidelity,
-            "fidelity_switches": objective.fidelity.as_dict()}
-    return Stage(cfg, student, objective, per_stage(cfg.distill.iterations, stage_index), meta)
+    return Stage(cfg, student, objective, iterations, meta)
 
 
-def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True) -> Path:
+def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
     steps = stage.meta["sampling_steps"]
     fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
-        meta=stage.meta, resume=resume, grid_steps=steps, desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
+        meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps, desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
     return Path(out_dir) / MODEL_FILE
 
 
 def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
-              stage_index: int = 0, resume: bool = True) -> Path:
+              stage_index: int = 0, resume: bool = True, overwrite: bool = False) -> Path:
     """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
-    return train_stage(build_stage(cfg, teacher_path, ctx, stage_index), out_dir, ctx, resume)
+    return train_stage(build_stage(cfg, teacher_path, ctx, stage_index), out_dir, ctx, resume, overwrite)
 
 
 def stage_dir(out_dir: Path, steps: int) -> Path:
     return out_dir / f"stage-{steps}to{steps // 2}"
 
 
-def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext) -> list[Path]:
-    """Run the chain teacher_steps -> ... -> target_steps, skipping finished stages."""
+def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext,
+                    overwrite: bool = False) -> list[Path]:
+    """Run the chain teacher_steps -> ... -> target_steps, skipping finished stages made with the same
+    settings (`overwrite`: run every stage afresh)."""
     out_dir = Path(out_dir)
     _, _, meta = load_diffusion_model(teacher_path)
     chain = check_halving(teacher_step_count(meta, cfg, teacher_path), cfg.distill.target_steps)
     summary_path = out_dir / "chain.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"method": cfg.distill.method, "stages": {}}
+    summary = {"method": cfg.distill.method, "stages": {}}
+    if summary_path.is_file() and not overwrite:
+        summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
     models, teacher = [], Path(teacher_path)
     for index, steps in enumerate(chain[:-1]):
         folder = stage_dir(out_dir, steps)
-        if (folder / MODEL_FILE).is_file():
+        stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
+        if (folder / MODEL_FILE).is_file() and not overwrite:
+            planned, _, meta, iterations = plan_stage(stage_cfg, teacher, "cpu", index)
+            check_same_run(folder, manifest(planned, meta, iterations), "finished stage")
             if ctx.is_main:
                 print(f"stage {steps}->{steps // 2}: done, skipping ({folder / MODEL_FILE})")
         else:
-            stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
             start = time.time()
-            run_stage(stage_cfg, teacher, folder, ctx, stage_index=index, resume=True)
+            run_stage(stage_cfg, teacher, folder, ctx, stage_index=index, resume=not overwrite, overwrite=overwrite)
             summary["stages"][f"{steps}to{steps // 2}"] = {"seconds": round(time.time() - start, 1), "model": str(folder / MODEL_FILE)}
             if ctx.is_main:
-                summary_path.write_text(json.dumps(summary, indent=2))
+                write_json_atomic(summary_path, summary)
         barrier()
         teacher = folder / MODEL_FILE
         models.append(teacher)

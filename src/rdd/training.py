@@ -2,12 +2,14 @@
 
 An objective turns a batch into a loss; this loop owns everything else: data order, Adam with
 warmup and an optional cosine decay, gradient clipping, EMA, bf16 autocast on GPU, DDP,
-JSONL/TensorBoard metrics, sample grids, and atomic checkpoints that resume exactly.
+JSONL/TensorBoard metrics, sample grids, and atomic checkpoints that resume exactly. It stops at
+the first non-finite loss or gradient, before the update, so no checkpoint or model holds nan.
 """
 from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -18,16 +20,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rdd.checkpoint import load_checkpoint, load_module_state, require_keys, save_checkpoint
+from rdd import rundir
+from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, require_keys, save_checkpoint
 from rdd.config import ExperimentConfig, to_dict
 from rdd.data import ResumableSampler, load_dataset, random_hflip
 from rdd.diffusion import ddim_sample
 from rdd.distributed import DistContext, all_gather_objects
 from rdd.errors import RddError
 from rdd.logging import MetricsLog, save_grid
-
-TRAIN_STATE = "train_state.pt"  # everything needed to resume
-MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
+from rdd.rundir import MODEL_FILE, TRAIN_STATE
 
 
 class Objective(Protocol):
@@ -79,6 +80,9 @@ def _set_rng_state(state: dict) -> None:
 
 def export_model(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict) -> None:
     """The sampling checkpoint: EMA weights, the config that builds the network, and its step count."""
+    bad = first_nonfinite(model.state_dict())
+    if bad:
+        raise RddError(f"refusing to write '{path}': weight '{bad}' holds nan or inf")
     save_checkpoint({"kind": "diffusion", "model": model.state_dict(), "config": to_dict(cfg), **meta}, path)
 
 
@@ -114,14 +118,51 @@ class Batches:
                 self.epoch, self.taken, self.iterator = self.epoch + 1, 0, None
 
 
+def _likely_cause(cfg: ExperimentConfig, lr: float, meta: dict) -> str:
+    """The usual reasons a loss turns nan or inf, the most specific first."""
+    if lr > 1e-2:
+        return f"the learning rate {lr:g} is far too high; lower train.lr (e.g. 2e-4)"
+    if meta.get("method") not in (None, "base"):
+        dc = cfg.distill
+        taus = {"tau_cfd": meta.get("tau_cfd"), "tau_is": dc.tau_is, "tau_m": dc.tau_m, "tau_ii": dc.tau_ii}
+        for key, value in taus.items():
+            if value is not None and value < 1e-2:
+                return f"a temperature near 0 (distill.{key}={value:g}) overflows the softmax; raise it"
+    if cfg.train.bf16:
+        return "bf16 autocast overflowed; set train.bf16=false"
+    return f"the learning rate {lr:g} may be too high for this model; lower train.lr or set train.grad_clip"
+
+
 def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: str | Path, ctx: DistContext, *,
-        iterations: int, lr: float, meta: dict, resume: bool = False, grid_steps: int | None = None,
-        desc: str = "train") -> nn.Module:
-    """Train `model` on `objective` for `iterations` steps; returns the EMA model."""
+        iterations: int, lr: float, meta: dict, resume: bool = False, overwrite: bool = False,
+        grid_steps: int | None = None, desc: str = "train") -> nn.Module:
+    """Train `model` on `objective` for `iterations` steps in the run folder `out_dir`; returns the EMA model.
+
+    The folder is locked while the run writes it and checked against its run.json (rdd.rundir): without
+    `resume` or `overwrite` an existing run there is refused, `resume` continues it only with the same
+    defining settings, `overwrite` deletes it first.
+    """
     out_dir = Path(out_dir)
+    expected = rundir.manifest(cfg, meta, iterations) if ctx.is_main else None
+    with rundir.open_run(out_dir, expected, ctx, resume=resume, overwrite=overwrite) or nullcontext():
+        return _train(cfg, model, objective, out_dir, ctx, expected, iterations=iterations, lr=lr, meta=meta,
+                      resume=resume, grid_steps=grid_steps, desc=desc)
+
+
+def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: Path, ctx: DistContext,
+           manifest: dict | None, *, iterations: int, lr: float, meta: dict, resume: bool, grid_steps: int | None,
+           desc: str) -> nn.Module:
     tc = cfg.train
     if tc.batch_size % ctx.world:
         raise RddError(f"train.batch_size {tc.batch_size} does not split over {ctx.world} processes; use a multiple of {ctx.world}")
+    # Read and checked before anything is written: a refused resume leaves the folder as it was.
+    state_path = out_dir / TRAIN_STATE
+    state = load_checkpoint(state_path) if resume and state_path.is_file() else None
+    if state is not None:
+        require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], state_path, "training-state")
+        if state["step"] > iterations:
+            raise RddError(f"the run in '{out_dir}' has done {state['step']} steps; resuming it for {iterations} would undo "
+                           f"some: set the iterations to at least {state['step']}, or start over with --overwrite")
     torch.manual_seed(tc.seed * 1000 + ctx.rank)
     model = model.to(ctx.device)
     objective.modules.to(ctx.device)
@@ -139,12 +180,9 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
     batches = Batches(cfg, ctx, tc.batch_size // ctx.world)
     log = MetricsLog(out_dir, enabled=ctx.is_main)
-    step = 0
+    step, saved_step = 0, None
 
-    state_path = out_dir / TRAIN_STATE
-    if resume and state_path.is_file():
-        state = load_checkpoint(state_path)
-        require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], state_path, "training-state")
+    if state is not None:
         load_module_state(model, state["model"], state_path, "model")
         load_module_state(ema.model, state["ema"], state_path, "EMA")
         load_module_state(objective.modules, state["objective"], state_path, "objective")
@@ -152,19 +190,34 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
         if objective_optimizer is not None:
             objective_optimizer.load_state_dict(state["objective_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step = saved_step = state["step"]
         batches.restore(state["data"])
         _set_rng_state(state["rng"][ctx.rank])
         log.truncate_after(step)
     elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()
+    if ctx.is_main:
+        rundir.write_json_atomic(out_dir / rundir.MANIFEST, manifest)
 
     grid_gen = torch.Generator().manual_seed(1234)
     grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution, generator=grid_gen).to(ctx.device)
     grid_labels = (torch.arange(tc.num_grid, device=ctx.device) % cfg.model.num_classes) if cfg.model.num_classes else None
     grid_steps = grid_steps or tc.sample_steps
 
+    def diverged(at_step: int, what: str) -> RddError:
+        kept = f"the last good checkpoint (step {saved_step}) stays in {state_path}" if saved_step else "no checkpoint was written"
+        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(cfg, lr, meta)}, "
+                        f"then start over with --overwrite; {kept}")
+
+    def check_weights(at_step: int) -> None:
+        """Every rank holds the same weights, so every rank stops together."""
+        bad = first_nonfinite(model.state_dict()) or first_nonfinite(ema.model.state_dict())
+        if bad:
+            raise diverged(at_step, f"weight '{bad}' holds nan or inf after the update")
+
     def save(path_step: int) -> None:
+        nonlocal saved_step
+        check_weights(path_step)
         rng = all_gather_objects(_rng_state())
         if ctx.is_main:
             save_checkpoint({
@@ -173,6 +226,7 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
                 "objective_optimizer": objective_optimizer.state_dict() if objective_optimizer else None,
                 "rng": rng, "data": batches.state(), "config": to_dict(cfg), "meta": meta,
             }, state_path)
+        saved_step = path_step
 
     def write_grid(at_step: int) -> Path:
         path = out_dir / "grids" / f"step{at_step:07d}.png"
@@ -198,7 +252,16 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
             for p in trainable:  # objective parts live outside DDP: average their gradients by hand
                 dist.all_reduce(p.grad)
                 p.grad /= ctx.world
-        grad_norm = nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+        grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if tc.grad_clip > 0:
+            nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
+        finite = (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).int()
+        if ctx.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # a nan on any rank stops them all
+        if not finite.item():
+            terms = {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: float(v) for k, v in logs.items()}}
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            raise diverged(step + 1, f"the loss or its gradient is not finite ({shown})")
         optimizer.step()
         if objective_optimizer is not None:
             objective_optimizer.step()
@@ -214,8 +277,10 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
             save(done)
         if tc.sample_every and done % tc.sample_every == 0:
             write_grid(done)
-        if done in tc.snapshot_at and done < iterations and ctx.is_main:
-            export_model(out_dir / "snapshots" / f"model-{done:07d}.pt", ema.model, cfg, {**meta, "iteration": done})
+        if done in tc.snapshot_at and done < iterations:
+            check_weights(done)
+            if ctx.is_main:
+                export_model(out_dir / "snapshots" / f"model-{done:07d}.pt", ema.model, cfg, {**meta, "iteration": done})
     save(iterations)
     if ctx.is_main:
         export_model(out_dir / MODEL_FILE, ema.model, cfg, meta)
@@ -228,14 +293,14 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
 
 
 def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
-                     desc: str = "train teacher") -> nn.Module:
+                     overwrite: bool = False, desc: str = "train teacher") -> nn.Module:
     """A teacher from scratch: the config's U-Net on the truncated-SNR loss (Salimans & Ho 2022, as paper §5.1)."""
     from rdd.losses.truncated_snr import TruncatedSNRLoss
     from rdd.networks import build_model
 
     torch.manual_seed(cfg.train.seed)
     return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out_dir, ctx, iterations=cfg.train.iterations,
-               lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, desc=desc)
+               lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, overwrite=overwrite, desc=desc)
 
 
 def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
@@ -249,5 +314,8 @@ def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, Exp
     cfg = from_dict(state["config"])
     model = build_model(cfg.model, cfg.data)
     load_module_state(model, state["ema"] if "ema" in state else state["model"], path, "diffusion")
+    bad = first_nonfinite(model.state_dict())
+    if bad:
+        raise RddError(f"model '{path}' has non-finite weights (nan or inf in '{bad}'); use a checkpoint from before training diverged")
     meta = state.get("meta", {k: v for k, v in state.items() if k not in ("model", "config", "kind")})
     return model.to(device).eval(), cfg, meta

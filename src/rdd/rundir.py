@@ -1,0 +1,196 @@
+"""Run folders that cannot be silently damaged: a manifest, a lock, and no stale temporary files.
+
+`run.json` records what defines a run: the config, the method's meta (step counts, the stage's
+temperature) and the sha256 of every input file (teacher, classifier). A run folder is entered
+only under its lock, and only as its manifest allows: a new run refuses an existing one unless
+told to resume or to start over, and a resumed run refuses any changed defining setting.
+Output files of the other commands are checked for a writable folder before any work starts.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from rdd.config import ExperimentConfig, to_dict
+from rdd.distributed import DistContext, broadcast_object
+from rdd.errors import RddError
+
+MANIFEST = "run.json"
+LOCK = ".lock"
+TRAIN_STATE = "train_state.pt"  # everything needed to resume
+MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
+OUTPUTS = (TRAIN_STATE, MANIFEST, MODEL_FILE, "metrics.jsonl", "samples.png", "grids", "snapshots", "tensorboard")
+
+# Settings a resumed run may change: how long it trains (longer only), how often it logs, saves and
+# samples, and evaluation. A chain's target step count does not change any one stage either.
+RESUMABLE = {"train.iterations", "distill.iterations", "train.log_every", "train.ckpt_every", "train.sample_every",
+             "train.snapshot_at", "train.num_grid", "data.num_workers", "distill.target_steps"}
+INPUT_FILES = ("teacher", "classifier")  # meta entries that name files: compared by digest, not by path
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """A reader, or the next run, never sees half a file (a kill leaves a .tmp, removed on the next start)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def check_output_path(path: str | Path, flag: str) -> None:
+    """Refuse, before any work, an output file whose folder cannot be created or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise RddError(f"{flag} '{path}' is a folder; pass a file name")
+    folder = path.parent
+    while not folder.exists():  # the nearest existing folder, which the writer's mkdir would extend
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise RddError(f"cannot write {flag} '{path}': '{folder}' is not a writable folder; choose another path")
+
+
+def digest(path: str | Path) -> str:
+    """sha256 of a file, or of every file in a folder (a diffusers model) with its relative name."""
+    from rdd.metrics import file_digest
+
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}|{file_digest(f)}|".encode())
+    return h.hexdigest()
+
+
+def manifest(cfg: ExperimentConfig, meta: dict, iterations: int) -> dict:
+    """What run.json records; `defining_settings` picks from it what a resume must keep."""
+    files = {key: {"path": str(meta[key]), "sha256": digest(meta[key])} for key in INPUT_FILES if meta.get(key)}
+    return {"config": to_dict(cfg), "meta": {k: v for k, v in meta.items() if k not in files},
+            "files": files, "iterations": iterations}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def defining_settings(m: dict) -> dict:
+    """The flattened settings that must not change on resume."""
+    # A base model is trained from the model, data and train sections alone; a stage adds distill.
+    sections = ("model", "data", "train") if m["meta"].get("method") in (None, "base") else ("model", "data", "train", "distill")
+    settings = {k: v for k, v in _flatten(m["config"]).items()
+                if k.split(".")[0] in sections and k not in RESUMABLE}
+    settings.update(_flatten(m["meta"], "meta."))
+    settings.update({f"{name}.sha256": f["sha256"] for name, f in m["files"].items()})
+    return settings
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    a, b = defining_settings(old), defining_settings(new)
+
+    def shown(key: str, value) -> str:
+        return repr(value[:12]) if key.endswith(".sha256") and value else repr(value)  # enough to tell files apart
+
+    return [f"{k}: {shown(k, a.get(k))} -> {shown(k, b.get(k))}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RddError(f"'{path}' is damaged (not JSON); start the run over with --overwrite") from None
+
+
+def check_same_run(folder: Path, expected: dict, what: str) -> None:
+    """Refuse to continue (or reuse) the run in `folder` when a defining setting changed."""
+    recorded = read_manifest(folder)
+    if recorded is None:
+        return  # a folder from before run.json: nothing to compare with
+    diffs = differences(recorded, expected)
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+        raise RddError(f"{what} '{folder}' was made with other settings ({shown}); "
+                       "undo the change, use another --out, or start over with --overwrite")
+
+
+class RunLock:
+    """An exclusive flock on the folder's .lock, held while this process writes the run; the kernel
+    releases it when the process dies, so a killed run never leaves the folder locked."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 32).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise RddError(f"run folder '{folder}' is in use by another rdd process{f' (pid {holder})' if holder else ''}; "
+                           "wait for it to finish or pass another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Temporary files of atomic writes that a kill left behind (only safe under the lock)."""
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare(folder: Path, expected: dict, resume: bool, overwrite: bool) -> None:
+    remove_stale_temp_files(folder)
+    exists = (folder / MANIFEST).is_file() or (folder / TRAIN_STATE).is_file()
+    if overwrite:
+        for name in OUTPUTS:
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    elif exists and not resume:
+        raise RddError(f"'{folder}' already holds a run; pass --resume to continue it, or --overwrite to start over")
+    elif exists:
+        check_same_run(folder, expected, "run folder")
+
+
+def open_run(folder: Path, expected: dict | None, ctx: DistContext, *, resume: bool, overwrite: bool) -> RunLock | None:
+    """Lock `folder` and check that this run may write there; every process gets the main one's verdict."""
+    if resume and overwrite:
+        raise RddError("--resume continues a run and --overwrite deletes it; pass one of them")
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            lock = RunLock(folder)
+            _prepare(folder, expected, resume, overwrite)
+        except RddError as e:
+            error = str(e)
+        except OSError as e:  # a path under a file, a read-only disk: one line, and no process left waiting
+            error = f"cannot write the run folder '{folder}': {e.strerror or e}; pass another --out"
+        if error and lock is not None:
+            lock.release()
+    error = broadcast_object(error)
+    if error:
+        raise RddError(error)
+    return lock
