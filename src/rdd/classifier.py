@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models import DenseNet
 from tqdm import tqdm
 
-from rdd.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, save_checkpoint
 from rdd.config import ExperimentConfig
 from rdd.data import load_dataset, random_hflip
 from rdd.errors import RddError
@@ -252,6 +252,10 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
         model.load_state_dict(best_weights)
         test_acc = evaluate_accuracy(model, test_set, device=device)
     path = out_dir / "classifier.pt"
+    bad = first_nonfinite(model.state_dict())
+    if bad:
+        raise RddError(f"classifier training diverged: weight '{bad}' holds nan or inf; lower classifier.lr (now {cc.lr:g}); "
+                       f"nothing was written to {path}")
     save_checkpoint(dict(kind="classifier", arch=arch, stem=stem, in_channels=cfg.data.channels, num_classes=10,
                          resolution=cfg.data.resolution, model=model.state_dict(), test_accuracy=test_acc,
                          config=dataclasses.asdict(cfg)), path)

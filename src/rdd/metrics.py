@@ -86,6 +86,8 @@ def _image_batches(images, batch_size: int):
 def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
     from rdd.classifier import load_classifier
 
+    if not Path(path).is_file():
+        raise RddError(f"evaluation network '{path}' not found; pass a checkpoint of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")
     state = load_checkpoint(path)
     if state.get("arch") != "evalnet-cnn":
         raise RddError(f"'{path}' is not an evaluation network (arch {state.get('arch')!r}); train one with `rdd train-evalnet`")
@@ -202,11 +204,15 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     from rdd.sampling import generate, resolve_steps
     from rdd.training import load_diffusion_model
 
+    if num_samples is not None and num_samples < 2:
+        raise RddError(f"--num {num_samples}: the Fréchet distance needs at least 2 samples (thousands for a stable one)")
+    if batch_size is not None and batch_size < 1:
+        raise RddError(f"--batch-size {batch_size}: use at least 1")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, meta = load_diffusion_model(ckpt, device)
     ec = cfg.eval
-    num_samples = num_samples or ec.num_samples
-    batch_size = batch_size or ec.batch_size
+    num_samples = ec.num_samples if num_samples is None else num_samples
+    batch_size = ec.batch_size if batch_size is None else batch_size
     evalnet = evalnet or ec.evalnet
     inception_weights = inception_weights or ec.inception_weights
     reference_cache = reference_cache or ec.reference_cache
@@ -216,6 +222,10 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     steps = resolve_steps(meta, steps)
     if holdout is not None:
         cfg.data.holdout = holdout
+    # A missing or wrong network is refused before sampling, not after.
+    net = load_evalnet(evalnet, cfg.data, device) if evalnet else None
+    if inception_weights:
+        check_inception_weights(inception_weights)
 
     start = time.perf_counter()
     images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress)
@@ -224,7 +234,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
               "sampling_seconds": time.perf_counter() - start}
     if evalnet:
         stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress, reference_split)
-        result.update(domain_metrics(load_evalnet(evalnet, cfg.data, device), images, stats, batch_size, progress))
+        result.update(domain_metrics(net, images, stats, batch_size, progress))
     if inception_weights:
         cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"
         result.update(inception_metrics(images, load_dataset(cfg.data, "train"), inception_weights, cache_root,
@@ -244,6 +254,10 @@ def format_result(r: dict) -> str:
 
 
 def cmd_eval(args) -> None:
+    from rdd.rundir import check_output_path
+
+    if args.json:
+        check_output_path(args.json, "--json")
     result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
                                  args.evalnet, args.inception_weights, args.reference_cache)
     print(format_result(result))
@@ -256,7 +270,9 @@ def cmd_eval(args) -> None:
 def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
+    from rdd.distributed import require_single_process
 
+    require_single_process("train-evalnet")
     cfg = load_config(args.config, args.overrides)
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.

@@ -68,8 +68,17 @@ def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
 def sample_command(args) -> None:
     from rdd.training import load_diffusion_model
 
+    from rdd.rundir import check_output_path
+
     if not args.out and not args.npz:
         raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
+    if args.num < 1:
+        raise RddError(f"--num {args.num}: sample at least 1 image")
+    if args.batch_size < 1:
+        raise RddError(f"--batch-size {args.batch_size}: use at least 1")
+    for path, flag in ((args.out, "--out"), (args.npz, "--npz")):
+        if path:
+            check_output_path(path, flag)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)
