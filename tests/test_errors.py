@@ -1,12 +1,18 @@
 """Each bad input gives one line on stderr that names the problem and the fix, and a non-zero exit."""
+import os
 import pickle
+import shutil
 
 import pytest
 import torch
 
+from conftest import ROOT
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.cli import main
 from rdd.errors import RddError
+
+TWO_STEP = str(ROOT / "assets/fmnist/two_step.pt")
+EVALNET = str(ROOT / "assets/fmnist/evalnet.pt")
 
 
 def run_cli(capsys, *argv):
@@ -95,3 +101,133 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
         save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=0", "train.lr"), ("train.lr=-1e-3", "train.lr"), ("train.lr=.nan", "train.lr"), ("train.lr=.inf", "train.lr"),
+    ("train.batch_size=0", "train.batch_size"), ("train.iterations=0", "train.iterations"),
+    ("train.log_every=0", "train.log_every"), ("train.ckpt_every=0", "train.ckpt_every"),
+    ("train.sample_every=-1", "train.sample_every"), ("train.ema_decay=1", "train.ema_decay"),
+    ("train.ema_decay=.nan", "train.ema_decay"), ("train.lr_schedule=linear", "train.lr_schedule"),
+    ("train.warmup=-1", "train.warmup"), ("train.grad_clip=-1", "train.grad_clip"), ("train.grad_clip=.inf", "train.grad_clip"),
+    ("data.channels=2", "data.channels"), ("data.resolution=12", "data.resolution"), ("data.resolution=0", "data.resolution"),
+    ("data.holdout=-1", "data.holdout"), ("distill.iterations=[]", "distill.iterations"),
+    ("distill.iterations=[100,0]", "distill.iterations[1]"), ("distill.tau_cfd=[]", "distill.tau_cfd"),
+    ("distill.tau_cfd=[0]", "distill.tau_cfd[0]"), ("distill.tau_cfd=[.nan]", "distill.tau_cfd[0]"),
+    ("distill.tau_m=0", "distill.tau_m"), ("distill.push_per_step=0", "distill.push_per_step"),
+    ("distill.queue_size=64", "distill.queue_size"), ("distill.num_contrast=30000", "distill.queue_size"),
+    ("classifier.epochs=0", "classifier.epochs"), ("eval.num_samples=1", "eval.num_samples"),
+    ("eval.batch_size=0", "eval.batch_size"),
+])
+def test_out_of_range_values_are_refused_when_the_config_loads(capsys, tmp_path, override, key):
+    code, err = run_cli(capsys, "train", "--set", override, "--out", str(tmp_path / "run"))
+    assert_one_line(code, err, f"{key} is ")
+    assert "allowed" in err or "choose one of" in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_a_zero_temperature_is_refused_before_distilling(capsys, tmp_path):
+    code, err = run_cli(capsys, "distill", "--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", TWO_STEP,
+                        "--set", "distill.tau_cfd=[0]", "--out", str(tmp_path / "run"))
+    assert_one_line(code, err, "distill.tau_cfd[0] is 0.0", "> 0")
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Bad arguments must be refused before the (long) sampling starts."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling started")
+    monkeypatch.setattr("rdd.sampling.generate", refuse)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sample", "--num", "0"], "--num 0"),
+    (["sample", "--batch-size", "0"], "--batch-size 0"),
+    (["eval", "--num", "0"], "--num 0"),  # once silently 10,000
+    (["eval", "--num", "1"], "at least 2 samples"),
+    (["eval", "--batch-size", "0"], "--batch-size 0"),
+])
+def test_bad_sample_and_eval_arguments(capsys, tmp_path, no_sampling, argv, needle):
+    target = ["--out", str(tmp_path / "g.png")] if argv[0] == "sample" else ["--evalnet", EVALNET]
+    assert_one_line(*run_cli(capsys, *argv, "--ckpt", TWO_STEP, *target), needle)
+
+
+def test_a_missing_or_wrong_evalnet_is_refused_before_sampling(capsys, tmp_path, no_sampling):
+    code, err = run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", str(tmp_path / "none.pt"), "--num", "8")
+    assert_one_line(code, err, "none.pt", "not found", "rdd train-evalnet")
+    assert_one_line(*run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", TWO_STEP, "--num", "8"), "not an evaluation network")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_sampling(capsys, tmp_path, no_sampling):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert_one_line(*run_cli(capsys, "sample", "--ckpt", TWO_STEP, "--out", str(blocker / "g.png")), "not a writable folder")
+    assert_one_line(*run_cli(capsys, "sample", "--ckpt", TWO_STEP, "--npz", str(tmp_path)), "--npz", "is a folder")
+    code, err = run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", EVALNET, "--json", str(blocker / "r.json"))
+    assert_one_line(code, err, "--json", "not a writable folder")
+    assert_one_line(*run_cli(capsys, "train", "--out", str(blocker / "run")), "cannot write the run folder", "another --out")
+
+
+def test_world_size_without_torchrun_and_single_process_commands(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert_one_line(*run_cli(capsys, "train", "--out", str(tmp_path / "run")), "WORLD_SIZE=2", "MASTER_ADDR", "torchrun")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    for command in ("train-classifier", "train-evalnet"):
+        assert_one_line(*run_cli(capsys, command, "--out", str(tmp_path / command)), f"rdd {command} runs in a single process")
+
+
+def test_damaged_fashion_mnist_files_and_a_missing_data_root(capsys, tmp_path, small_fmnist):
+    root = tmp_path / "fmnist"
+    shutil.copytree(small_fmnist, root)
+    images = root / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])  # a copy that died half way
+    code, err = run_cli(capsys, "train", "--set", f"data.root={root}", "--out", str(tmp_path / "a"))
+    assert_one_line(code, err, str(images), "truncated or corrupt", "apt-get install --reinstall dataset-fashion-mnist")
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + os.urandom(500))  # read before the plain file
+    code, err = run_cli(capsys, "train", "--set", f"data.root={root}", "--out", str(tmp_path / "b"))
+    assert_one_line(code, err, "train-images-idx3-ubyte.gz", "truncated or corrupt")
+    code, err = run_cli(capsys, "train", "--set", f"data.root={tmp_path / 'nowhere'}", "--out", str(tmp_path / "c"))
+    assert_one_line(code, err, "data.root", "nowhere", "not a folder")
+
+
+def test_malformed_sha256sums_and_bad_lpips_weights(capsys, tmp_path):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "SHA256SUMS").write_text("this is not a checksum\n")
+    code, err = run_cli(capsys, "demo", "--assets", str(assets), "--out", str(tmp_path / "demo"))
+    assert_one_line(code, err, "SHA256SUMS", "line 1 is malformed")
+
+    distill = ["distill", "--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", TWO_STEP, "--method", "pd_lpips"]
+    noise, wrong = tmp_path / "noise.pth", tmp_path / "wrong.pth"
+    noise.write_bytes(os.urandom(2000))
+    torch.save({"features.0.weight": torch.zeros(3)}, wrong)
+    for weights, needle in ((noise, "corrupt"), (wrong, "not torchvision's VGG16 state dict")):
+        code, err = run_cli(capsys, *distill, "--set", f"distill.lpips_weights={weights}", "--out", str(tmp_path / "run"))
+        assert_one_line(code, err, needle)
+
+
+def test_benchmark_config_errors_are_found_before_the_first_stage(capsys, tmp_path):
+    config = tmp_path / "benchmark.yaml"
+    config.write_text("name: toy\nout: [unclosed\n")
+    assert_one_line(*run_cli(capsys, "benchmark", str(config)), "not valid YAML")
+    config.write_text(f"out: {tmp_path / 'runs'}\nteacher_config: {tmp_path / 'missing.yaml'}\n")
+    assert_one_line(*run_cli(capsys, "benchmark", str(config)), "teacher_config", "missing.yaml", "not found")
+    bad = tmp_path / "teacher.yaml"
+    bad.write_text("train:\n  lr: 0\n")
+    config.write_text(f"out: {tmp_path / 'runs'}\nteacher_config: {bad}\n")
+    assert_one_line(*run_cli(capsys, "benchmark", str(config)), "teacher_config", "train.lr is 0.0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_interrupt_hint_fits_the_command(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command in ("cmd_train", "cmd_progressive"):
+        monkeypatch.setattr(f"rdd.cli.{command}", interrupted)
+    assert main(["train", "--out", "x"]) == 130
+    assert "resume with the same command and --resume" in capsys.readouterr().err
+    assert main(["progressive", "--teacher", "t.pt", "--out", "x"]) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err and "--resume" not in err
