@@ -97,7 +97,8 @@ def test_no_grad_and_bad_arguments():
 def test_block_size_follows_the_memory_budget():
     assert choose_block_rows(128, 64, 4, 32 * 2**20) == 2  # 8 tiles of 2 x 128 x 64^2 floats
     assert choose_block_rows(128, 64, 4, 1) == 1
-    assert choose_block_rows(128, 64, 4, 2**40) == 128
+    assert choose_block_rows(128, 64, 4, 2**40) == 16  # at least 8 row blocks
+    assert choose_block_rows(5, 64, 4, 2**40) == 1
     assert choose_block_rows(128, 64, 8, 32 * 2**20) == 1
 
 

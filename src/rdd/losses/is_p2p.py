@@ -32,9 +32,10 @@ def is_p2p_loss_dense(map_s: torch.Tensor, map_t: torch.Tensor, tau: float) -> t
 
 
 def choose_block_rows(n: int, a: int, itemsize: int, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """Images per row block so that the block's tiles (block x N x A^2 each) fit the budget."""
+    """Images per row block: the block's tiles (block x N x A^2 each) fit the budget, and there are
+    at least ~8 blocks so that the symmetric half of the relations is mostly skipped."""
     per_image = _TILES_PER_ROW_BLOCK * n * a * a * itemsize
-    return max(1, min(n, memory_budget_bytes // per_image))
+    return max(1, min(memory_budget_bytes // per_image, -(-n // 8)))
 
 
 def is_p2p_loss(
@@ -49,10 +50,11 @@ def is_p2p_loss(
     Same value and gradient as `is_p2p_loss_dense`: with unit pixel embeddings F_i (A, C) of each
     image and R_ij = F_i F_j^T,
     L = (1/N^2) sum_ij mean_a KL(softmax(R^T_ij,a / tau) || softmax(R^S_ij,a / tau)).
-    Rows of images are processed `block_rows` at a time (default: as many as `memory_budget_bytes`
-    allows); the gradient with respect to the student's embeddings is accumulated during the forward
-    pass. The teacher is a constant: `map_t` must not require a gradient (compute it under no_grad).
-    Computed in at least float32 (float64 stays float64), also under autocast.
+    Rows of images are processed `block_rows` at a time (default: `choose_block_rows`, from
+    `memory_budget_bytes`); the gradient with respect to the student's embeddings is accumulated
+    during the forward pass. Extra memory: the tiles plus three N*A*C tensors. The teacher is a
+    constant: `map_t` must not require a gradient (compute it under no_grad). Computed in at least
+    float32 (float64 stays float64), also under autocast.
     """
     if map_t.requires_grad and torch.is_grad_enabled():
         raise ValueError("is_p2p_loss treats the teacher as a constant: detach map_t "
