@@ -74,7 +74,7 @@ def test_step_counts_that_do_not_halve_are_refused(teacher, tmp_path, distill_co
 
 def test_classifier_methods_need_a_classifier(teacher, tmp_path, distill_config):
     with pytest.raises(RddError, match="classifier.checkpoint"):
-        run_stage(distill_config("distill.method=rcfd", "classifier.checkpoint=null"), teacher, tmp_path, CPU)
+        run_stage(distill_config("distill.method=rcfd", "distill.teacher_steps=4", "classifier.checkpoint=null"), teacher, tmp_path, CPU)
 
 
 def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path, distill_config):
@@ -94,6 +94,6 @@ def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(te
     for key in rank0["student"]:
         assert torch.equal(rank0["student"][key], rank1["student"][key]), key
     assert torch.equal(rank0["queue"], rank1["queue"])
-    assert int(rank0["filled"]) == 2 * 3 * 8  # 3 steps, 8 pixels per rank per step, both ranks' pixels
+    assert int(rank0["filled"]) == 3 * 8  # 3 steps, K = 8 pixels per step drawn from both ranks' maps (push_scope global)
     state = load_checkpoint(tmp_path / "stage" / "train_state.pt")
     assert torch.equal(state["objective"]["queue.queue"], rank0["queue"])  # the queue travels with the checkpoint
