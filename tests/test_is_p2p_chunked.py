@@ -128,3 +128,27 @@ def test_no_tensor_grows_as_n_squared_a_squared():
             assert mode.numel <= max(block * n * a * a, n * a * c)
         else:
             assert mode.numel >= n * n * a * a
+
+
+@pytest.mark.parametrize("block_rows", [1, 2])
+def test_global_scope_under_two_gloo_processes_equals_the_concatenated_batch(block_rows, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests/ddp_isp2p_worker.py"), str(tmp_path), str(block_rows)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    g = torch.Generator().manual_seed(0)
+    map_s = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    map_t = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64)
+    reference = is_p2p_loss_dense(map_s, map_t, 0.7)
+    reference.backward()
+    # each rank returns world x its shard, so the mean over ranks is the whole batch's loss...
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, reference.detach(), rtol=1e-10, atol=0)
+    # ...and DDP's average (1/world) of each rank's gradient is the whole batch's gradient on its images
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]) / 2, map_s.grad, rtol=1e-8, atol=1e-12)

@@ -142,11 +142,15 @@ class DistillConfig:
     teacher_clip: bool | None = None  # clip the teacher's x-hat inside the PD target's two DDIM steps
     head_bias: bool | None = None  # bias on the projection head's last 1x1 conv
     head_optimizer: str | None = None  # joint | separate
+    # IS_P2P under DDP: `local` relates the images on each process (the public code), `global` the
+    # whole batch gathered over all processes (rdd.losses.is_p2p_loss_global).
+    is_p2p_scope: str = "local"
 
     def __post_init__(self):
         from rdd.fidelity import FIDELITY_CHOICES, SWITCH_CHOICES
 
         _check_choice("distill.fidelity", self.fidelity, FIDELITY_CHOICES)
+        _check_choice("distill.is_p2p_scope", self.is_p2p_scope, ("local", "global"))
         for key, choices in SWITCH_CHOICES.items():
             if choices is not None and getattr(self, key) is not None:
                 _check_choice(f"distill.{key}", getattr(self, key), choices)

@@ -17,7 +17,8 @@ from rdd.config import ExperimentConfig
 from rdd.diffusion import diffuse, sample_student_times, teacher_two_step_target, truncated_snr_weight
 from rdd.errors import RddError
 from rdd.fidelity import Fidelity, resolve_fidelity
-from rdd.losses import LPIPSLoss, PixelQueue, ProjectionHead, cfd_loss, ii_p2p_loss, is_p2p_loss, m_p2p_loss
+from rdd.losses import (LPIPSLoss, PixelQueue, ProjectionHead, cfd_loss, ii_p2p_loss, is_p2p_loss, is_p2p_loss_global,
+                        m_p2p_loss)
 
 
 @dataclass
@@ -81,13 +82,15 @@ class IIP2PTerm:
 
 
 class ISP2PTerm:
-    """Eq. 7: pixel-to-pixel relations across every ordered pair of images in the batch."""
+    """Eq. 7: pixel-to-pixel relations across every ordered pair of images in the batch: the images
+    on this process (`local`, the public code) or the batch gathered over all processes (`global`)."""
 
-    def __init__(self, tau: float):
+    def __init__(self, tau: float, scope: str = "local"):
         self.tau = tau
+        self.loss = is_p2p_loss_global if scope == "global" else is_p2p_loss
 
     def __call__(self, b: DistillBatch) -> torch.Tensor:
-        return is_p2p_loss(b.features_student.feature_map, b.features_teacher.feature_map, self.tau)
+        return self.loss(b.features_student.feature_map, b.features_teacher.feature_map, self.tau)
 
 
 class MP2PTerm:
@@ -172,7 +175,7 @@ class DistillationObjective:
         if name == "ii_p2p":
             return IIP2PTerm(dc.tau_ii)
         if name == "is_p2p":
-            return ISP2PTerm(dc.tau_is)
+            return ISP2PTerm(dc.tau_is, dc.is_p2p_scope)
         fid = self.fidelity
         channels = self.classifier.num_features
         self.modules["queue"] = PixelQueue(dc.queue_size, channels, seed=cfg.train.seed, layout=fid.queue_layout,

@@ -2,7 +2,7 @@
 
 from rdd.losses.cfd import cfd_loss
 from rdd.losses.ii_p2p import ii_p2p_loss
-from rdd.losses.is_p2p import is_p2p_loss, is_p2p_loss_dense
+from rdd.losses.is_p2p import is_p2p_loss, is_p2p_loss_dense, is_p2p_loss_global
 from rdd.losses.kl import kl_rows
 from rdd.losses.lpips_loss import LPIPSLoss
 from rdd.losses.m_p2p import m_p2p_loss
@@ -18,6 +18,7 @@ __all__ = [
     "ii_p2p_loss",
     "is_p2p_loss",
     "is_p2p_loss_dense",
+    "is_p2p_loss_global",
     "kl_rows",
     "m_p2p_loss",
     "unit_pixels",

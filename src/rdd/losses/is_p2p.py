@@ -44,6 +44,7 @@ def is_p2p_loss(
     tau: float,
     block_rows: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """IS_P2P (paper eq. 7), exact, in memory block x N x A^2 instead of N^2 x A^2.
 
@@ -54,7 +55,8 @@ def is_p2p_loss(
     `memory_budget_bytes`); the gradient with respect to the student's embeddings is accumulated
     during the forward pass. Extra memory: the tiles plus three N*A*C tensors. The teacher is a
     constant: `map_t` must not require a gradient (compute it under no_grad). Computed in at least
-    float32 (float64 stays float64), also under autocast.
+    float32 (float64 stays float64), also under autocast. `shard=(k, K)` computes only the row blocks
+    k, k + K, ...: the K shards' values (and gradients) sum to the whole loss.
     """
     if map_t.requires_grad and torch.is_grad_enabled():
         raise ValueError("is_p2p_loss treats the teacher as a constant: detach map_t "
@@ -68,7 +70,7 @@ def is_p2p_loss(
             f_t = _unit_pixels_lean(map_t.to(dtype)).reshape(n * a, -1)
         if block_rows is None:
             block_rows = choose_block_rows(n, a, f_s.element_size(), memory_budget_bytes)
-        return _ISP2P.apply(f_s, f_t, n, float(tau), int(block_rows))
+        return _ISP2P.apply(f_s, f_t, n, float(tau), int(block_rows), shard)
 
 
 def _unit_pixels_lean(fmap: torch.Tensor) -> torch.Tensor:
@@ -79,8 +81,8 @@ def _unit_pixels_lean(fmap: torch.Tensor) -> torch.Tensor:
 
 class _ISP2P(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f_s, f_t, n, tau, block_rows):
-        loss, grad = _isp2p_forward(f_s, f_t, n, tau, block_rows, need_grad=ctx.needs_input_grad[0])
+    def forward(ctx, f_s, f_t, n, tau, block_rows, shard):
+        loss, grad = _isp2p_forward(f_s, f_t, n, tau, block_rows, need_grad=ctx.needs_input_grad[0], shard=shard)
         ctx.save_for_backward(grad)
         return loss
 
@@ -88,10 +90,11 @@ class _ISP2P(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors  # computed in forward
-        return grad * grad_output, None, None, None, None
+        return grad * grad_output, None, None, None, None, None
 
 
-def _isp2p_forward(flat_s: torch.Tensor, flat_t: torch.Tensor, n: int, tau: float, block_rows: int, need_grad: bool):
+def _isp2p_forward(flat_s: torch.Tensor, flat_t: torch.Tensor, n: int, tau: float, block_rows: int, need_grad: bool,
+                   shard: tuple[int, int] = (0, 1)):
     """Loss and d loss / d flat_s of the unit embeddings flat_s, flat_t (N*A, C) of N images.
 
     The relation matrix F F^T over all N*A pixels is symmetric, so a row block I of images only
@@ -103,7 +106,7 @@ def _isp2p_forward(flat_s: torch.Tensor, flat_t: torch.Tensor, n: int, tau: floa
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     loss = flat_s.new_zeros(())
     grad = torch.zeros_like(flat_s) if need_grad else None
-    for i0 in range(0, n, block_rows):
+    for i0 in range(shard[0] * block_rows, n, shard[1] * block_rows):
         i1 = min(n, i0 + block_rows)
         b, m = i1 - i0, n - i0
         rows_s, cols_s = flat_s[i0 * a:i1 * a], flat_s[i0 * a:]
@@ -141,3 +144,49 @@ def _kl_rows_sum(x_t: torch.Tensor, x_s: torch.Tensor, dim: int, need_grad: bool
     total = torch.sum(p_t * (x_t - x_s)) + (lse_s - lse_t).sum()
     grad = torch.sub(x_s, lse_s).exp_().sub_(p_t) if need_grad else None
     return total, grad
+
+
+def is_p2p_loss_global(map_s: torch.Tensor, map_t: torch.Tensor, tau: float, block_rows: int | None = None) -> torch.Tensor:
+    """IS_P2P over the batch gathered from every process (distill.is_p2p_scope=global).
+
+    The student's maps are gathered with autograd, the teacher's without; each process computes its
+    shard of the row blocks of the gathered batch. Returned: world size x this process's shard, so
+    that DDP's average of the gradients is the gradient of the whole batch's loss, and the mean of
+    the returned values over processes is that loss. Without a process group this is `is_p2p_loss`.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return is_p2p_loss(map_s, map_t, tau, block_rows)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    gathered_s = _GatherWithGrad.apply(map_s)
+    with torch.no_grad():
+        parts = [torch.empty_like(map_t) for _ in range(world)]
+        dist.all_gather(parts, map_t.detach().contiguous())
+    gathered_t = torch.cat(parts)
+    if block_rows is None:
+        n, _, h, w = gathered_s.shape
+        block_rows = choose_block_rows(n, h * w, torch.promote_types(map_s.dtype, torch.float32).itemsize)
+    return world * is_p2p_loss(gathered_s, gathered_t, tau, block_rows, shard=(rank, world))
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Concatenate every process's tensor; backward sums the gradient over processes and returns this
+    process's slice, so each process's loss reaches every process's inputs."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
