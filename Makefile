@@ -3,7 +3,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.rdd-setup
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test test-fast benchmark
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
@@ -15,6 +15,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider
+
+test-fast: $(STAMP)  # the unit layer: no test that trains a model or starts torchrun
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow"
 
 benchmark: $(STAMP)
 	$(VENV)/bin/rdd benchmark configs/fmnist/benchmark.yaml

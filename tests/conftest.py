@@ -8,10 +8,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny U-Net on 16x16 Fashion-MNIST: a training step takes a few hundredths of a second.
-TINY = ["--set", "model.name=tiny", "--set", "train.batch_size=16", "--set", "train.sample_steps=2",
-        "--set", "train.num_grid=16", "--set", "train.sample_every=0", "--set", "train.log_every=1",
-        "--set", "train.warmup=0", "--set", "train.ema_decay=0.9"]
+# The one tiny config: a tiny U-Net on 16x16 Fashion-MNIST, a training step takes a few hundredths of
+# a second. TINY_OVERRIDES for load_config, TINY for the command line.
+TINY_OVERRIDES = ["model.name=tiny", "train.batch_size=16", "train.sample_steps=2", "train.num_grid=16",
+                  "train.sample_every=0", "train.log_every=1", "train.warmup=0", "train.ema_decay=0.9"]
+TINY = [arg for override in TINY_OVERRIDES for arg in ("--set", override)]
+
+# Tests that train real (tiny) models for seconds to minutes; `make test-fast` leaves them out.
+SLOW_FIXTURES = {"teacher", "classifier", "evalnet", "tiny_model", "trained"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def rdd_command(*args: str) -> list[str]:

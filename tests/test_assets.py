@@ -7,6 +7,8 @@ from conftest import ROOT
 from rdd.demo import ASSETS, verify_assets
 from rdd.metrics import evaluate_checkpoint
 
+pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
+
 
 def test_shipped_models_match_their_checksums_and_stay_small():
     files = verify_assets(ASSETS)

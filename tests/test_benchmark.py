@@ -1,3 +1,4 @@
+import pytest
 """`rdd benchmark` end to end at toy scale: every stage, every table row, the results page."""
 import json
 
@@ -5,6 +6,8 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, run_rdd
+
+pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
 
 def write_yaml(path, base, **sections):

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY_OVERRIDES
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
 from rdd.diffusion import ddim_sample
@@ -16,8 +16,7 @@ from rdd.methods import METHODS
 from rdd.training import load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
-TINY = ["model.name=tiny", "train.batch_size=32", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=8",
-        "train.warmup=0", "train.ema_decay=0.0", "train.log_every=1", "train.ckpt_every=1000"]
+TINY = TINY_OVERRIDES + ["train.batch_size=32", "train.num_grid=8", "train.ema_decay=0.0", "train.ckpt_every=1000"]
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path, di
 
 
 def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(teacher, classifier, small_fmnist, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_distill_worker.py"), str(teacher), str(tmp_path), f"classifier.checkpoint={classifier}",
            f"data.root={small_fmnist}", *TINY]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)

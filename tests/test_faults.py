@@ -62,6 +62,7 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoi
     assert not (out / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_diverged_classifier_is_not_written(capsys, tmp_path, small_fmnist):
     code, err = rdd(capsys, "train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1",
                     "--set", "classifier.train_limit=256", "--set", "classifier.lr=1e30", "--out", tmp_path)
@@ -85,6 +86,7 @@ def test_a_model_with_nan_weights_is_never_written_and_never_sampled(capsys, tmp
                "non-finite weights")
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_refused_unless_resumed_with_the_same_settings(capsys, tmp_path, train_args):
     out = tmp_path / "run"
     args = [*train_args, "--set", "train.iterations=3", "--out", out]
@@ -106,6 +108,7 @@ def test_an_existing_run_is_refused_unless_resumed_with_the_same_settings(capsys
     assert json.loads((out / "run.json").read_text())["config"]["train"]["lr"] == 1e-3
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, train_args):
     out = tmp_path / "busy"
     with RunLock(out):

@@ -125,6 +125,7 @@ def test_official_head_has_the_public_parameter_count(channels):
     assert sum(p.numel() for p in ProjectionHead(channels).parameters()) == 2 * channels * channels + 3 * channels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope, expected", [("global", 8), ("rank", 16)])
 def test_k_under_two_gloo_processes(scope, expected, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -130,6 +130,7 @@ def test_no_tensor_grows_as_n_squared_a_squared():
             assert mode.numel >= n * n * a * a
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_rows", [1, 2])
 def test_global_scope_under_two_gloo_processes_equals_the_concatenated_batch(block_rows, tmp_path):
     import subprocess

@@ -235,11 +235,12 @@ def push_on_rank(rank, init_file, out_dir):
     torch.manual_seed(rank)
     queue = PixelQueue(6, 3, seed=0)
     rank_map = torch.eye(3)[:, [rank, rank + 1]].reshape(1, 3, 1, 2)  # pixels e_rank, e_rank+1
-    queue.push(rank_map, k=2)
+    queue.push(rank_map, k=2, scope="rank")
     torch.save(queue.state_dict(), f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_queue_gathers_pixels_from_all_ranks(tmp_path):
     mp.spawn(push_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

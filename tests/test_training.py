@@ -1,3 +1,4 @@
+import pytest
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_args):
     args = ["train", *tiny_args, "--set", "train.iterations=24", "--set", "train.ckpt_every=5"]
     run_rdd(*args, "--out", str(tmp_path / "straight"))
@@ -54,10 +56,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_args):
     assert [m["loss"] for m in straight] == [m["loss"] for m in read_metrics(metrics)]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_hold_identical_weights(tmp_path, tiny_args):
     out = tmp_path / "ddp"
     overrides = [a for a in tiny_args if a != "--set"] + ["train.iterations=4", "train.ckpt_every=100"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_train_worker.py"), str(out), *overrides]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
