@@ -1,6 +1,7 @@
 """Training-free baselines: diffusers' DDIM, DPM-Solver and PNDM schedulers run on OUR schedule.
 
-Mapping our continuous cosine VP schedule onto diffusers' discrete one (T = 1024 train steps):
+Mapping our continuous cosine VP schedule (or a model's own, rdd.diffusion.Schedule) onto diffusers'
+discrete one (T = 1024 train steps):
   diffusers index k in 0..T-1 stands for our t = (k + 1) / T, so alphas_cumprod[k] = alpha_{(k+1)/T}^2.
   k = T - 1 is t = 1 (pure noise), and "one step past k = 0" is t = 0, which DDIM and PNDM reach
   through final_alpha_cumprod = 1 (set_alpha_to_one) and DPM-Solver through final sigma 0.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-from rdd.diffusion import alpha_sigma, eps_from_x, predict_x
+from rdd.diffusion import COSINE, Schedule, predict_x, schedule_of
 from rdd.errors import RddError
 
 T = 1024
@@ -46,14 +47,14 @@ def nfe(kind: str, steps: int) -> int:
     return steps + 9 if kind == "pndm" else steps
 
 
-def alphas_cumprod(floor: float = 0.0) -> torch.Tensor:
+def alphas_cumprod(floor: float = 0.0, schedule: Schedule = COSINE) -> torch.Tensor:
     """alphas_cumprod[k] = alpha_{(k+1)/T}^2 in float64, with the last entry raised to `floor`."""
-    alpha, _ = alpha_sigma(torch.arange(1, T + 1, dtype=torch.float64) / T)
+    alpha, _ = schedule.alpha_sigma(torch.arange(1, T + 1, dtype=torch.float64) / T)
     return (alpha**2).clamp_min(floor)
 
 
-def make_scheduler(kind: str):
-    ac = alphas_cumprod(ZERO_SNR_FLOOR if kind == "dpm-solver" else 0.0)
+def make_scheduler(kind: str, schedule: Schedule = COSINE):
+    ac = alphas_cumprod(ZERO_SNR_FLOOR if kind == "dpm-solver" else 0.0, schedule)
     betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])  # cumprod(1 - betas) = ac
     common = dict(num_train_timesteps=T, trained_betas=betas.numpy())
     if kind == "ddim":
@@ -84,13 +85,14 @@ def _check_steps(kind: str, steps: int) -> None:
 @torch.no_grad()
 def diffusers_sample(model, noise: torch.Tensor, steps: int, labels: torch.Tensor | None, kind: str) -> torch.Tensor:
     """Sample from z_1 = noise with diffusers' `kind` scheduler for `steps` steps; returns x (unclipped)."""
-    scheduler = make_scheduler(kind)
+    schedule = schedule_of(model)
+    scheduler = make_scheduler(kind, schedule)
     _check_steps(kind, steps)
     scheduler.set_timesteps(steps)
     z = noise
     for k in scheduler.timesteps.tolist():  # plain ints: the scheduler's tables stay on the CPU
         t = torch.full((z.shape[0],), (k + 1) / T, device=z.device)
         x_hat = predict_x(model, z, t, labels)
-        out = eps_from_x(z, t, x_hat) if kind == "pndm" else x_hat
+        out = schedule.eps_from_x(z, t, x_hat) if kind == "pndm" else x_hat
         z = scheduler.step(out, k, z).prev_sample
     return z

@@ -1,12 +1,22 @@
 """Diffusion core: the one place for schedule math, the DDIM step, samplers and the PD target.
 
-Variance-preserving cosine schedule on continuous t in [0, 1] (paper §3.1; Salimans & Ho 2022):
-    z_t = alpha_t x + sigma_t eps,  alpha_t = cos(pi t / 2),  sigma_t = sin(pi t / 2).
-The network predicts x; eps and v are derived from it.
+Every schedule is variance-preserving on continuous t in [0, 1], data at t = 0 and noise at t = 1:
+    z_t = alpha_t x + sigma_t eps,  alpha_t^2 + sigma_t^2 = 1.
+`CosineSchedule` is rdd's own (paper §3.1; Salimans & Ho 2022): alpha_t = cos(pi t / 2).
+`DiscreteSchedule` is a diffusers scheduler's alpha-bar table over T steps: t = (k + 1) / T stands for
+diffusers' timestep k (k + 1 noising steps taken), t = 0 for clean data, and log alpha-bar is linear
+in t between those knots (docs/diffusers.md). Networks return x-hat; a schedule turns diffusers'
+epsilon and v predictions into x.
+
+The module-level functions run on the active schedule: cosine, unless a `using_schedule` block
+(a distillation stage of a diffusers teacher) sets another. Samplers and the PD target take the
+schedule of the model they run.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -17,54 +27,181 @@ from rdd.errors import RddError
 # A denoiser maps (z_t, t, labels) to x_hat; t is a (B,) tensor of continuous times.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
+PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")  # diffusers' names for x, eps and v
+TIME_SCALE = 1000.0  # rdd's networks see 1000 t, so their time embedding spans a 1000-step model's range
+# The scheduler keys that fix diffusers' alpha-bar table.
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
 
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_t = cos(pi t/2), sigma_t = sin(pi t/2); alpha_1 is set to exactly 0."""
+
+def _float(t) -> torch.Tensor:
     t = torch.as_tensor(t)
-    t = t if t.is_floating_point() else t.float()
-    alpha = torch.where(t >= 1, torch.zeros_like(t), torch.cos(0.5 * math.pi * t))
-    return alpha, torch.sin(0.5 * math.pi * t)
+    return t if t.is_floating_point() else t.float()
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
+class Schedule:
+    """alpha_t, sigma_t and the network's time input; every formula built on them is written once here."""
+
+    config: dict  # what rebuilds it: schedule_from_config(config)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The time value a network on this schedule is conditioned on."""
+        raise NotImplementedError
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Schedule) and self.config == other.config
+
+    def diffuse(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z_t = alpha_t x + sigma_t eps."""
+        alpha, sigma = self.alpha_sigma(t)
+        return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+
+    def eps_from_x(self, z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """eps_hat = (z_t - alpha_t x_hat) / sigma_t (undefined at t = 0)."""
+        alpha, sigma = self.alpha_sigma(t)
+        return (z_t - _bcast(alpha, z_t) * x) / _bcast(sigma, z_t)
+
+    def v_from_x(self, z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """v = alpha_t eps - sigma_t x."""
+        alpha, sigma = self.alpha_sigma(t)
+        return _bcast(alpha, z_t) * self.eps_from_x(z_t, t, x) - _bcast(sigma, z_t) * x
+
+    def x_from_v(self, z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x = alpha_t z_t - sigma_t v."""
+        alpha, sigma = self.alpha_sigma(t)
+        return _bcast(alpha, z_t) * z_t - _bcast(sigma, z_t) * v
+
+    def to_x(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        """x-hat from a network output of diffusers' `prediction_type`; epsilon divides by alpha_t."""
+        if prediction_type == "sample":
+            return output
+        if prediction_type == "v_prediction":
+            return self.x_from_v(z_t, t, output)
+        if prediction_type == "epsilon":
+            alpha, sigma = self.alpha_sigma(t)
+            return (z_t - _bcast(sigma, z_t) * output) / _bcast(alpha, z_t)
+        raise RddError(f"unknown prediction_type '{prediction_type}'; diffusers models predict one of {', '.join(PREDICTION_TYPES)}")
+
+    def ddim_step(self, z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t, for s < t."""
+        alpha_s, sigma_s = self.alpha_sigma(s)
+        return _bcast(alpha_s, z_t) * x_hat + _bcast(sigma_s, z_t) * self.eps_from_x(z_t, t, x_hat)
+
+    def truncated_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """omega_t = max(alpha_t^2 / sigma_t^2, 1): the truncated-SNR weight of the x-error."""
+        alpha, sigma = self.alpha_sigma(t)
+        return torch.clamp(alpha**2 / sigma.clamp_min(1e-12) ** 2, min=1.0)
+
+
+class CosineSchedule(Schedule):
+    """rdd's schedule: alpha_t = cos(pi t/2), sigma_t = sin(pi t/2); networks see 1000 t."""
+
+    config = {"kind": "cosine"}
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha_1 is set to exactly 0."""
+        t = _float(t)
+        alpha = torch.where(t >= 1, torch.zeros_like(t), torch.cos(0.5 * math.pi * t))
+        return alpha, torch.sin(0.5 * math.pi * t)
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return t * TIME_SCALE
+
+
+class DiscreteSchedule(Schedule):
+    """A diffusers scheduler's alpha-bar table (linear, scaled_linear, squaredcos_cap_v2, ... betas) on
+    continuous t: knot t = (k + 1) / T has alphas_cumprod[k], t = 0 has alpha-bar 1, and log alpha-bar is
+    linear in t between knots (the continuous chain whose k-th beta acts evenly over its 1/T of time).
+    A network on it sees diffusers' timestep t T - 1: its trained timesteps at the knots."""
+
+    def __init__(self, scheduler_config: dict):
+        from diffusers import DDPMScheduler  # the table exactly as diffusers computes it
+
+        self.config = {"kind": "discrete", **{k: scheduler_config[k] for k in BETA_KEYS if k in scheduler_config}}
+        try:
+            table = DDPMScheduler(**{k: v for k, v in self.config.items() if k != "kind"}).alphas_cumprod
+        except (NotImplementedError, ValueError, TypeError) as e:
+            raise RddError(f"cannot read the scheduler's noise schedule: {str(e).splitlines()[0]}") from None
+        self.num_train_timesteps = len(table)
+        # A zero-terminal-SNR table ends at alpha-bar 0: the floor keeps its log finite.
+        self.log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), table.double().clamp_min(1e-20).log()])
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _float(t)
+        position = t.double().clamp(0, 1) * self.num_train_timesteps
+        lo = position.floor().clamp(max=self.num_train_timesteps - 1)
+        table = self.log_alpha_bar.to(t.device)
+        alpha_bar = torch.lerp(table[lo.long()], table[lo.long() + 1], position - lo).exp()
+        return alpha_bar.sqrt().to(t.dtype), (1 - alpha_bar).sqrt().to(t.dtype)
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.num_train_timesteps - 1
+
+
+def schedule_from_config(config: dict) -> Schedule:
+    kind = config.get("kind")
+    if kind == "cosine":
+        return CosineSchedule()
+    if kind == "discrete":
+        return DiscreteSchedule(config)
+    raise RddError(f"unknown schedule kind {kind!r}; rdd knows cosine and discrete")
+
+
+COSINE = CosineSchedule()
+_ACTIVE: ContextVar[Schedule] = ContextVar("rdd_schedule", default=COSINE)
+
+
+def active_schedule() -> Schedule:
+    return _ACTIVE.get()
+
+
+@contextmanager
+def using_schedule(schedule: Schedule):
+    """Run the module-level functions (a distillation objective's noising, target and weight) on `schedule`."""
+    token = _ACTIVE.set(schedule)
+    try:
+        yield schedule
+    finally:
+        _ACTIVE.reset(token)
+
+
+def schedule_of(model) -> Schedule:
+    """A model's own schedule; a bare function denoiser runs on the active one."""
+    return getattr(model, "schedule", None) or active_schedule()
+
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return active_schedule().alpha_sigma(t)
+
+
 def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """z_t = alpha_t x + sigma_t eps."""
-    alpha, sigma = alpha_sigma(t)
-    return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+    return active_schedule().diffuse(x, t, eps)
 
 
 def eps_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """eps_hat = (z_t - alpha_t x_hat) / sigma_t (undefined at t = 0)."""
-    alpha, sigma = alpha_sigma(t)
-    return (z_t - _bcast(alpha, z_t) * x) / _bcast(sigma, z_t)
+    return active_schedule().eps_from_x(z_t, t, x)
 
 
 def v_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """v = alpha_t eps - sigma_t x."""
-    alpha, sigma = alpha_sigma(t)
-    return _bcast(alpha, z_t) * eps_from_x(z_t, t, x) - _bcast(sigma, z_t) * x
+    return active_schedule().v_from_x(z_t, t, x)
 
 
 def x_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """x = alpha_t z_t - sigma_t v."""
-    alpha, sigma = alpha_sigma(t)
-    return _bcast(alpha, z_t) * z_t - _bcast(sigma, z_t) * v
+    return active_schedule().x_from_v(z_t, t, v)
 
 
 def ddim_step(z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t, for s < t."""
-    alpha_s, sigma_s = alpha_sigma(s)
-    return _bcast(alpha_s, z_t) * x_hat + _bcast(sigma_s, z_t) * eps_from_x(z_t, t, x_hat)
+    return active_schedule().ddim_step(z_t, x_hat, t, s)
 
 
 def truncated_snr_weight(t: torch.Tensor) -> torch.Tensor:
-    """omega_t = max(alpha_t^2 / sigma_t^2, 1): the truncated-SNR weight of the x-error."""
-    alpha, sigma = alpha_sigma(t)
-    return torch.clamp(alpha**2 / sigma.clamp_min(1e-12) ** 2, min=1.0)
-
+    return active_schedule().truncated_snr_weight(t)
 
 def time_grid(steps: int, device=None) -> torch.Tensor:
     """The N-step grid 1, (N-1)/N, ..., 1/N, 0."""
@@ -103,13 +240,14 @@ def teacher_two_step_target(teacher: Denoiser, z_t: torch.Tensor, t: torch.Tenso
     the x for which one student DDIM step from z_t lands exactly on z_t''.
 
     `clip` clips the teacher's x-hat to [-1, 1] in both steps, as the DDIM sampler does; the public
-    code does not clip here (distill.teacher_clip, docs/fidelity.md)."""
+    code does not clip here (distill.teacher_clip, docs/fidelity.md). Runs on the teacher's schedule."""
+    schedule = schedule_of(teacher)
     dt = 1.0 / teacher_steps
     t1, t2 = (t - dt).clamp_min(0), (t - 2 * dt).clamp_min(0)
-    z1 = ddim_step(z_t, predict_x(teacher, z_t, t, labels, clip), t, t1)
-    z2 = ddim_step(z1, predict_x(teacher, z1, t1, labels, clip), t1, t2)
-    alpha_t, sigma_t = alpha_sigma(t)
-    alpha_2, sigma_2 = alpha_sigma(t2)
+    z1 = schedule.ddim_step(z_t, predict_x(teacher, z_t, t, labels, clip), t, t1)
+    z2 = schedule.ddim_step(z1, predict_x(teacher, z1, t1, labels, clip), t1, t2)
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_2, sigma_2 = schedule.alpha_sigma(t2)
     ratio = sigma_2 / sigma_t
     return (z2 - _bcast(ratio, z_t) * z_t) / _bcast(alpha_2 - ratio * alpha_t, z_t)
 
@@ -117,12 +255,13 @@ def teacher_two_step_target(teacher: Denoiser, z_t: torch.Tensor, t: torch.Tenso
 @torch.no_grad()
 def ddim_sample(model: Denoiser, noise: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """N-step deterministic DDIM from z_1 = noise on the grid 1, (N-1)/N, ..., 0."""
+    """N-step deterministic DDIM from z_1 = noise on the grid 1, (N-1)/N, ..., 0 of the model's schedule."""
+    schedule = schedule_of(model)
     grid = time_grid(steps, noise.device)
     z = noise
     for i in tqdm(range(steps), desc=f"DDIM {steps} steps", disable=not progress, leave=False):
         t, s = grid[i].expand(z.shape[0]), grid[i + 1].expand(z.shape[0])
-        z = ddim_step(z, predict_x(model, z, t, labels), t, s)
+        z = schedule.ddim_step(z, predict_x(model, z, t, labels), t, s)
     return z
 
 

@@ -1,18 +1,20 @@
-"""The x-predicting U-Net: diffusers' `UNet2DModel` built from named presets.
+"""The x-predicting U-Net: diffusers' `UNet2DModel` built from named presets, or loaded from a diffusers folder.
 
-Time enters as a continuous value: t in [0, 1] is scaled by 1000 before the sinusoidal
-embedding so its frequencies span the same range as a 1000-step discrete model.
+Time enters as a continuous value: rdd's own networks see 1000 t, so the sinusoidal embedding's
+frequencies span the same range as a 1000-step discrete model; a diffusers network sees its own
+schedule's timestep (rdd.diffusion.DiscreteSchedule).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from diffusers import UNet2DModel
 from torch import nn
 
 from rdd.config import DataConfig, ModelConfig
+from rdd.diffusion import COSINE, PREDICTION_TYPES, Schedule, schedule_from_config
 from rdd.errors import RddError
-
-TIME_SCALE = 1000.0
 
 PRESETS: dict[str, dict] = {
     # The paper's CIFAR-10 network (DDPM's): attention at 16x16, i.e. the second level.
@@ -53,21 +55,50 @@ PRESETS: dict[str, dict] = {
 
 
 class XPredictionUNet(nn.Module):
-    """x_hat = UNet(z_t, 1000 t, label); conditional when `num_classes` > 0."""
+    """x_hat from UNet(z_t, schedule.timestep(t), label), whose output is read as diffusers' `prediction_type`
+    (rdd's own networks: x on the cosine schedule); conditional when `num_classes` > 0."""
 
-    def __init__(self, unet: UNet2DModel, num_classes: int):
+    def __init__(self, unet: UNet2DModel, num_classes: int, schedule: Schedule = COSINE, prediction_type: str = "sample"):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise RddError(f"unknown prediction_type '{prediction_type}'; choose one of {', '.join(PREDICTION_TYPES)}")
         self.unet = unet
         self.num_classes = num_classes
+        self.schedule = schedule
+        self.prediction_type = prediction_type
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.num_classes and labels is None:
             raise RddError("this model is class-conditional: pass class labels")
         labels = labels if self.num_classes else None
-        return self.unet(z_t, t * TIME_SCALE, class_labels=labels).sample
+        out = self.unet(z_t, self.schedule.timestep(t), class_labels=labels).sample
+        return self.schedule.to_x(out, z_t, t, self.prediction_type)
+
+
+def student_prediction_type(teacher_type: str) -> str:
+    """A PD student reads its output as v where its teacher predicted epsilon: x = (z - sigma eps) / alpha
+    cannot give the student's first step, where alpha_1 is (near) 0 (Salimans & Ho 2022, §4)."""
+    return "v_prediction" if teacher_type == "epsilon" else teacher_type
+
+
+def student_copy(teacher: XPredictionUNet) -> XPredictionUNet:
+    """A PD student starts as a copy of its teacher."""
+    student = copy.deepcopy(teacher)
+    student.prediction_type = student_prediction_type(teacher.prediction_type)
+    return student
+
+
+def diffusers_spec(model: XPredictionUNet) -> dict:
+    """What ModelConfig.diffusers stores to rebuild a network that came from a diffusers folder."""
+    unet = {k: v for k, v in model.unet.config.items() if not k.startswith("_")}
+    return {"unet": unet, "schedule": dict(model.schedule.config), "prediction_type": model.prediction_type}
 
 
 def build_model(model: ModelConfig, data: DataConfig) -> XPredictionUNet:
+    if model.diffusers:
+        spec = model.diffusers
+        return XPredictionUNet(UNet2DModel.from_config(spec["unet"]), model.num_classes,
+                               schedule_from_config(spec["schedule"]), spec["prediction_type"])
     if model.name not in PRESETS:
         raise RddError(f"unknown model.name '{model.name}'; choose one of {', '.join(PRESETS)}")
     unet = UNet2DModel(
