@@ -74,6 +74,12 @@ def cmd_sample(args) -> None:
     sample_command(args)
 
 
+def cmd_export(args) -> None:
+    from rdd.diffusers_io import export_diffusers
+
+    print(f"wrote {export_diffusers(args.ckpt, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
-    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student")
+    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
     p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm-solver", "pndm"])
     p.add_argument("--num", type=int, default=64, help="number of images")
@@ -100,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("progressive", cmd_progressive, "distil a chain N -> N/2 -> ... -> --to, resuming finished stages")]:
         p = sub.add_parser(name, help=text)
         _add_config_args(p)
-        p.add_argument("--teacher", required=True, help="model.pt of the teacher (a base model or a student)")
+        p.add_argument("--teacher", required=True,
+                       help="model.pt of the teacher (a base model or a student), or a diffusers folder (docs/diffusers.md)")
         p.add_argument("--method", help="pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m (default: distill.method)")
         p.add_argument("--out", required=True, help="run folder")
         if name == "distill":
@@ -110,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--to", type=int, help="target step count (default: distill.target_steps)")
         p.add_argument("--overwrite", action="store_true", help="delete the run(s) already in --out and start over")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="write a model as a folder that diffusers loads (docs/diffusers.md)")
+    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
+    p.add_argument("--format", default="diffusers", choices=["diffusers"],
+                   help="diffusers: a pipeline folder for DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
     _add_config_args(p)

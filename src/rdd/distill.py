@@ -6,7 +6,6 @@ stage is reused only when its run.json shows the same settings and teacher.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -18,11 +17,12 @@ import torch
 from rdd.checkpoint import load_checkpoint
 from rdd.classifier import load_classifier
 from rdd.config import DistillConfig, ExperimentConfig
-from rdd.diffusion import check_halving
+from rdd.diffusion import check_halving, schedule_of, using_schedule
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
 from rdd.methods import METHODS, DistillationObjective, needs_classifier
+from rdd.networks import student_copy, student_prediction_type
 from rdd.rundir import check_same_run, manifest, write_json_atomic
 from rdd.training import MODEL_FILE, fit, load_diffusion_model
 
@@ -45,9 +45,15 @@ def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
 
 
 def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig) -> ExperimentConfig:
-    """The student is the teacher's network: take its architecture and image shape, keep the rest."""
+    """The student is the teacher's network: take its architecture and image shape, keep the rest.
+    A diffusers network keeps its schedule and reads its output as a student does; it trains on the
+    config's data set, since a diffusers folder names none."""
     model = dataclasses.replace(teacher_cfg.model, dropout=cfg.model.dropout)
-    data = dataclasses.replace(cfg.data, dataset=teacher_cfg.data.dataset, resolution=teacher_cfg.data.resolution,
+    dataset = teacher_cfg.data.dataset
+    if model.diffusers:
+        model.diffusers = {**model.diffusers, "prediction_type": student_prediction_type(model.diffusers["prediction_type"])}
+        dataset = cfg.data.dataset
+    data = dataclasses.replace(cfg.data, dataset=dataset, resolution=teacher_cfg.data.resolution,
                                channels=teacher_cfg.data.channels)
     return dataclasses.replace(cfg, model=model, data=data)
 
@@ -106,14 +112,16 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     check_lpips_weights(cfg.distill)
     classifier = load_classifier(meta["classifier"], ctx.device) if "classifier" in meta else None
     objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier).to(ctx.device)
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    student = student_copy(teacher).train().requires_grad_(True)
     return Stage(cfg, student, objective, iterations, meta)
 
 
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
     steps = stage.meta["sampling_steps"]
-    fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
-        meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps, desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
+    with using_schedule(schedule_of(stage.student)):  # the objective noises and weighs on the teacher's schedule
+        fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
+            meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps,
+            desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
     return Path(out_dir) / MODEL_FILE
 
 

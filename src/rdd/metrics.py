@@ -283,7 +283,7 @@ def cmd_train_evalnet(args) -> None:
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
-    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student")
+    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
     p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm-solver", "pndm"])
     p.add_argument("--num", type=int, help="number of samples (default: eval.num_samples, 10000)")

@@ -304,10 +304,15 @@ def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContex
 
 
 def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
-    """Rebuild a diffusion model from `model.pt` (or a training state); returns (model, config, meta)."""
+    """Rebuild a diffusion model from `model.pt` (or a training state) or load a diffusers folder;
+    returns (model, config, meta)."""
     from rdd.config import from_dict
     from rdd.networks import build_model
 
+    if Path(path).is_dir():
+        from rdd.diffusers_io import load_diffusers_folder
+
+        return load_diffusers_folder(path, device)
     state = load_checkpoint(path)
     if "config" not in state or not ("model" in state or "ema" in state):
         raise RddError(f"checkpoint '{path}' is not an rdd diffusion checkpoint (no config/model); pass a model.pt written by rdd train or rdd distill")

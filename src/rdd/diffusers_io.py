@@ -1,0 +1,116 @@
+"""Diffusers folders in and out (docs/diffusers.md).
+
+In: a pipeline folder (model_index.json) or a folder with unet/ and scheduler/ becomes an rdd model:
+its UNet2DModel, read through its scheduler's alpha-bar table and prediction type.
+Out: any rdd model becomes a pipeline folder that diffusers alone loads, sampled by rdd's DDIM
+(the custom pipeline rdd/diffusers_pipeline.py, copied in as pipeline.py).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from rdd.config import DataConfig, ExperimentConfig, ModelConfig
+from rdd.diffusion import COSINE, CosineSchedule, DiscreteSchedule
+from rdd.errors import RddError
+
+PIPELINE_FILE = "pipeline.py"
+PIPELINE_CLASS = "RddDDIMPipeline"
+EXPORT_TIMESTEPS = 1000  # the table a cosine model's scheduler carries, for diffusers' own samplers
+NOT_PIXEL_SPACE = ("vae", "vqvae", "text_encoder")  # components of latent or text-conditioned pipelines
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RddError(f"cannot read '{path}' ({type(e).__name__}); is the folder complete?") from None
+    if not isinstance(data, dict):
+        raise RddError(f"'{path}' does not hold a JSON object")
+    return data
+
+
+def load_diffusers_folder(path: str | Path, device="cpu"):
+    """(model, config, meta) from a diffusers folder, as rdd.training.load_diffusion_model returns them.
+
+    The folder names no data set: the config has the UNet's image shape and the default data set; a
+    distillation stage takes the data of its own config. meta's sampling_steps is None (a teacher) unless
+    the folder is an rdd export of a student."""
+    from diffusers import UNet2DModel
+
+    from rdd.networks import XPredictionUNet, diffusers_spec
+
+    folder = Path(path)
+    unet_config, scheduler_config = folder / "unet" / "config.json", folder / "scheduler" / "scheduler_config.json"
+    if not (unet_config.is_file() and scheduler_config.is_file()):
+        raise RddError(f"'{folder}' is not a diffusers model: it needs unet/config.json and scheduler/scheduler_config.json "
+                       "(a pipeline folder written by save_pretrained), or pass an rdd model.pt")
+    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+    extra = [name for name in NOT_PIXEL_SPACE if isinstance(index.get(name), list) and index[name][0]]
+    if extra:
+        raise RddError(f"'{folder}' is a latent or text-conditioned pipeline ({', '.join(extra)}); rdd distils pixel-space UNet2DModel pipelines")
+    c = _read_json(unet_config)
+    if c.get("_class_name") != "UNet2DModel":
+        raise RddError(f"'{folder}/unet' is a {c.get('_class_name')}; rdd distils UNet2DModel pipelines, unconditional or class-conditional")
+    channels = c.get("in_channels", 3)  # missing keys take UNet2DModel's defaults
+    if c.get("out_channels", 3) != channels:
+        raise RddError(f"'{folder}/unet' has {c.get('out_channels', 3)} output channels for {channels} input channels; "
+                       "rdd reads one prediction per pixel (no learned variance)")
+    if c.get("class_embed_type") is not None:
+        raise RddError(f"'{folder}/unet' is conditioned through class_embed_type={c['class_embed_type']!r}; rdd knows class labels (num_class_embeds)")
+    size = c.get("sample_size")
+    size = size[0] if isinstance(size, list) and len(set(size)) == 1 else size
+    if not isinstance(size, int):
+        raise RddError(f"'{folder}/unet' has sample_size {size!r}; rdd needs square images of one size")
+    scheduler = _read_json(scheduler_config)
+    schedule = CosineSchedule() if index.get("schedule") == "cosine" else DiscreteSchedule(scheduler)
+    try:
+        unet = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)  # no warning about accelerate
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise RddError(f"cannot load the UNet in '{folder}/unet': {str(e).strip().splitlines()[0]}") from None
+    num_classes = c.get("num_class_embeds") or 0
+    model = XPredictionUNet(unet, num_classes, schedule, scheduler.get("prediction_type", "epsilon"))
+    cfg = ExperimentConfig(model=ModelConfig(name="diffusers", num_classes=num_classes, diffusers=diffusers_spec(model)),
+                           data=DataConfig(resolution=size, channels=channels))
+    meta = {"sampling_steps": index.get("sampling_steps"), "method": "diffusers", "source": str(folder)}
+    return model.to(device).eval(), cfg, meta
+
+
+def _scheduler_betas(schedule) -> dict:
+    """The scheduler keys that give diffusers the schedule's alpha-bar table."""
+    if isinstance(schedule, DiscreteSchedule):
+        return {k: v for k, v in schedule.config.items() if k != "kind"}
+    # Cosine: alpha-bar at t = (k + 1) / T, the same mapping as DiscreteSchedule's.
+    alpha, _ = COSINE.alpha_sigma(torch.arange(1, EXPORT_TIMESTEPS + 1, dtype=torch.float64) / EXPORT_TIMESTEPS)
+    alpha_bar = alpha**2
+    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return {"num_train_timesteps": EXPORT_TIMESTEPS, "trained_betas": betas.tolist()}
+
+
+def export_diffusers(ckpt: str | Path, out: str | Path) -> Path:
+    """Write the model at `ckpt` (rdd model.pt or a diffusers folder) as a diffusers pipeline folder `out`."""
+    import diffusers
+    from diffusers import DDIMScheduler
+
+    from rdd import diffusers_pipeline
+    from rdd.training import load_diffusion_model
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
+    model, _, meta = load_diffusion_model(ckpt)
+    # The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
+    # (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T.
+    scheduler = DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,
+                              timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0)
+    model.unet.save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
+    shutil.copyfile(diffusers_pipeline.__file__, out / PIPELINE_FILE)
+    index = {"_class_name": [Path(PIPELINE_FILE).stem, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "schedule": model.schedule.config["kind"], "sampling_steps": meta.get("sampling_steps")}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
