@@ -1,0 +1,259 @@
+"""Diffusers models in and out (docs/diffusers.md): the discrete schedule, prediction types, diffusers
+folders as teachers, and exported students that diffusers loads without rdd."""
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from conftest import ROOT, run_rdd
+from rdd.config import DataConfig, load_config
+from rdd.data import load_dataset
+from rdd.diffusion import (COSINE, DiscreteSchedule, ddim_sample, schedule_of, teacher_two_step_target,
+                           using_schedule)
+from rdd.distill import run_progressive
+from rdd.distributed import DistContext
+from rdd.errors import RddError
+from rdd.networks import student_copy
+from rdd.sampling import generate
+from rdd.training import load_diffusion_model
+
+CPU = DistContext(0, 1, torch.device("cpu"))
+TINY_UNET = dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                 attention_head_dim=16, norm_num_groups=8)
+DISTILL = ["train.batch_size=32", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=8", "train.warmup=0",
+           "train.log_every=10", "train.ckpt_every=100000", "distill.teacher_steps=8", "distill.target_steps=2"]
+
+
+def tiny_unet(num_classes: int = 0, seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return UNet2DModel(**TINY_UNET, num_class_embeds=num_classes or None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The schedule and the prediction types
+
+@pytest.mark.parametrize("betas", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_discrete_schedule_is_the_alpha_bar_table_on_continuous_time(betas):
+    config = dict(num_train_timesteps=1000, beta_schedule=betas, beta_start=0.00085, beta_end=0.012)
+    table = DDPMScheduler(**config).alphas_cumprod.double()
+    schedule = DiscreteSchedule({**config, "prediction_type": "epsilon", "clip_sample": False})
+    knots = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    alpha, sigma = schedule.alpha_sigma(knots)
+    torch.testing.assert_close(alpha**2, table, rtol=1e-12, atol=0)  # t = (k + 1) / T is timestep k
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha))
+    assert [v.item() for v in schedule.alpha_sigma(torch.tensor([0.0]))] == [1.0, 0.0]  # t = 0 is clean data
+    mid = schedule.alpha_sigma(torch.tensor(0.2505, dtype=torch.float64))[0] ** 2  # between knots 250 and 251
+    torch.testing.assert_close(mid.log(), (table[249].log() + table[250].log()) / 2)
+    assert (alpha[1:] < alpha[:-1]).all() and schedule.timestep(torch.tensor(0.25)) == 249
+    assert schedule == DiscreteSchedule(config) and schedule != COSINE
+
+
+def test_prediction_types_give_x_and_the_pd_target_runs_on_the_teachers_schedule():
+    schedule = DiscreteSchedule(dict(beta_schedule="linear"))
+    x, eps = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1, torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0.125, 0.5, 1.0], dtype=torch.float64)
+    z = schedule.diffuse(x, t, eps)
+    v = schedule.v_from_x(z, t, x)
+    for kind, out in (("sample", x), ("epsilon", eps), ("v_prediction", v)):
+        torch.testing.assert_close(schedule.to_x(out, z, t, kind), x)
+    with pytest.raises(RddError, match="prediction_type"):
+        schedule.to_x(x, z, t, "flow")
+
+    class Oracle(torch.nn.Module):  # an x-predictor on the discrete schedule
+        def __init__(self):
+            super().__init__()
+            self.schedule = schedule
+
+        def forward(self, z_t, t, labels):
+            return torch.tanh(z_t * (1 + t.view(-1, 1, 1, 1)))
+
+    teacher, z, t = Oracle(), z[1:], t[1:]  # t >= 2/8
+    with using_schedule(schedule_of(teacher)):
+        x_tilde = teacher_two_step_target(teacher, z, t, 8)
+    s1, s2 = t - 1 / 8, t - 2 / 8
+    z1 = schedule.ddim_step(z, teacher(z, t, None).clamp(-1, 1), t, s1)
+    z2 = schedule.ddim_step(z1, teacher(z1, s1, None).clamp(-1, 1), s1, s2)
+    torch.testing.assert_close(schedule.ddim_step(z, x_tilde, t, s2), z2)  # one student step lands there
+
+
+@pytest.mark.parametrize("prediction_type,classes", [("epsilon", 0), ("v_prediction", 3)])
+def test_rdd_ddim_on_a_diffusers_folder_is_diffusers_trailing_ddim(tmp_path, prediction_type, classes):
+    """The mapping t = (k + 1) / T: rdd's N-step DDIM = diffusers' DDIM with trailing spacing down to alpha-bar 1."""
+    scheduler = DDIMScheduler(beta_schedule="linear", prediction_type=prediction_type, timestep_spacing="trailing",
+                              set_alpha_to_one=True, clip_sample=True)
+    DDIMPipeline(unet=tiny_unet(classes), scheduler=scheduler).save_pretrained(tmp_path / "ddim")
+    model, cfg, meta = load_diffusion_model(tmp_path / "ddim")
+    assert (cfg.model.num_classes, cfg.data.resolution, meta["sampling_steps"]) == (classes, 16, None)
+    noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4) % classes if classes else None
+    for steps in (1, 4, 8):
+        ours = ddim_sample(model, noise, steps, labels)
+        z = noise
+        scheduler.set_timesteps(steps)
+        for k in scheduler.timesteps:
+            out = model.unet(z, k, class_labels=labels).sample
+            z = scheduler.step(out, k, z, eta=0.0, use_clipped_model_output=True).prev_sample
+        torch.testing.assert_close(ours, z, atol=1e-5, rtol=0)
+
+
+def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RddError, match="not a diffusers model"):
+        load_diffusion_model(tmp_path / "empty")
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ok")
+    cases = {
+        "latent": lambda d: (d / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DModel"],
+                                                                          "vqvae": ["diffusers", "VQModel"]})),
+        "conditional": lambda d: (d / "unet/config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"})),
+        "damaged": lambda d: (d / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not weights"),
+        "betas": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"beta_schedule": "cubic"})),
+        "variance": lambda d: (d / "unet/config.json").write_text(json.dumps({**UNet2DModel(**{**TINY_UNET, "out_channels": 2}).config,
+                                                                           "_class_name": "UNet2DModel"})),
+    }
+    messages = {"latent": "latent", "conditional": "UNet2DConditionModel", "damaged": "cannot load the UNet",
+                "betas": "noise schedule", "variance": "output channels"}
+    for name, damage in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "ok", folder)
+        damage(folder)
+        with pytest.raises(RddError, match=messages[name]):
+            load_diffusion_model(folder)
+    result = run_rdd("distill", "--teacher", str(tmp_path / "conditional"), "--set", "distill.teacher_steps=8",
+                     "--out", str(tmp_path / "run"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "UNet2DConditionModel" in result.stderr
+    result = run_rdd("export", "--ckpt", str(tmp_path / "ok"), "--out", str(tmp_path / "ok"), check=False)
+    assert result.returncode == 2 and "not an empty folder" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Export: a folder that diffusers alone loads
+
+SITE_PACKAGES = [p for p in site.getsitepackages() if os.path.isdir(p)]
+LOADER = """
+import sys
+sys.path.extend({site_packages!r})  # diffusers and torch, without rdd's editable install (no .pth files: -S)
+try:
+    import rdd
+    raise SystemExit("rdd is importable here")
+except ImportError:
+    pass
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({folder!r}, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+out = {{"seeded": pipe(batch_size={num}, generator=torch.Generator().manual_seed({seed}), output_type="pt").images,
+       "latents": pipe(latents=torch.load({latents!r}), generator=torch.Generator().manual_seed(1), output_type="pt").images,
+       "pil": len(pipe(batch_size=2).images), "steps": pipe.config.sampling_steps}}
+torch.save(out, {result!r})
+"""
+
+
+def load_in_plain_diffusers(folder, tmp_path, num: int = 8, seed: int = 3) -> dict:
+    """Run the exported pipeline in a fresh Python that cannot import rdd."""
+    latents = torch.randn(num, 1, 16, 16, generator=torch.Generator().manual_seed(99))
+    torch.save(latents, tmp_path / "latents.pt")
+    script = LOADER.format(site_packages=SITE_PACKAGES, folder=str(folder), num=num, seed=seed,
+                           latents=str(tmp_path / "latents.pt"), result=str(tmp_path / "result.pt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {**torch.load(tmp_path / "result.pt", weights_only=True), "latents_in": latents}
+
+
+def check_export_matches_rdd(ckpt, tmp_path, num: int = 8, seed: int = 3) -> dict:
+    """`rdd export`, then the pipeline's images equal rdd's sampler's from the same noise (and seed)."""
+    out = tmp_path / "export"
+    run_rdd("export", "--ckpt", str(ckpt), "--format", "diffusers", "--out", str(out))
+    model, cfg, meta = load_diffusion_model(ckpt)
+    theirs = load_in_plain_diffusers(out, tmp_path, num, seed)
+    steps = meta["sampling_steps"] or 64
+    assert theirs["steps"] == meta["sampling_steps"] and theirs["pil"] == 2
+    ours = (generate(model, cfg, steps, num, seed, batch_size=num, progress=False) + 1) / 2  # what `rdd sample` draws
+    assert (ours - theirs["seeded"]).abs().max() <= 1e-4
+    labels = torch.randint(0, cfg.model.num_classes, (num,), generator=torch.Generator().manual_seed(1)) \
+        if cfg.model.num_classes else None
+    ours = (ddim_sample(model, theirs["latents_in"], steps, labels).clamp(-1, 1) + 1) / 2
+    assert (ours - theirs["latents"]).abs().max() <= 1e-4
+    reloaded, _, reloaded_meta = load_diffusion_model(out)  # an export is a diffusers folder for rdd too
+    assert reloaded_meta["sampling_steps"] == meta["sampling_steps"]
+    torch.testing.assert_close(ddim_sample(reloaded, theirs["latents_in"], steps, labels),
+                               ddim_sample(model, theirs["latents_in"], steps, labels), atol=1e-6, rtol=0)
+    return theirs
+
+
+def test_export_an_rdd_teacher_and_load_it_without_rdd(teacher, tmp_path):
+    check_export_matches_rdd(teacher, tmp_path)
+
+
+def test_export_a_class_conditional_diffusers_folder(tmp_path):
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    DDIMPipeline(unet=tiny_unet(num_classes=3), scheduler=scheduler).save_pretrained(tmp_path / "conditional")
+    check_export_matches_rdd(tmp_path / "conditional", tmp_path, num=6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distil a diffusers teacher, export its students
+
+def train_diffusers_teacher(folder, data_root, prediction_type: str, iterations: int = 400):
+    """A tiny DDPM trained as diffusers trains one: scheduler.add_noise, MSE on the scheduler's target."""
+    unet, scheduler = tiny_unet(), DDPMScheduler(beta_schedule="linear", prediction_type=prediction_type)
+    images = load_dataset(DataConfig(root=str(data_root)), "train").tensors[0]
+    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(iterations):
+        x = images[torch.randint(0, len(images), (32,), generator=gen)]
+        noise = torch.randn(x.shape, generator=gen)
+        steps = torch.randint(0, 1000, (32,), generator=gen)
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x, noise, steps)
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x, noise, steps), steps).sample, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if prediction_type == "epsilon":
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)  # a model_index.json pipeline folder
+    else:
+        unet.save_pretrained(folder / "unet")  # a bare unet/ + scheduler/ folder
+        scheduler.save_pretrained(folder / "scheduler")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers(prediction_type, small_fmnist, classifier, tmp_path):
+    teacher_dir = train_diffusers_teacher(tmp_path / "teacher", small_fmnist, prediction_type)
+    config = ROOT / "configs/fmnist/distill.yaml"
+    pd = load_config(config, DISTILL + [f"data.root={small_fmnist}", "distill.method=pd", "distill.iterations=[200, 20]",
+                                        "train.lr=1e-3", "train.ema_decay=0.99"])
+    four, two = run_progressive(pd, teacher_dir, tmp_path / "pd", CPU)
+    teacher, _, _ = load_diffusion_model(teacher_dir)
+    student, student_cfg, meta = load_diffusion_model(four)
+    assert meta["sampling_steps"] == 4 and student.schedule == teacher.schedule
+    assert student.prediction_type == student_cfg.model.diffusers["prediction_type"] == \
+        ("v_prediction" if prediction_type == "epsilon" else prediction_type)
+
+    noise = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(12345))  # held out: never seen in training
+    target = ddim_sample(teacher, noise, 8)
+    distilled = (ddim_sample(student, noise, 4) - target).pow(2).mean()
+    start = (ddim_sample(student_copy(teacher), noise, 4) - target).pow(2).mean()  # the student before training
+    copy = (ddim_sample(teacher, noise, 4) - target).pow(2).mean()
+    assert distilled < 0.5 * start, (float(distilled), float(start))
+    if prediction_type != "epsilon":
+        assert distilled < copy, (float(distilled), float(copy))
+    # An epsilon teacher's student starts far from the teacher (read as v): 200 iterations leave it short of
+    # the teacher's own 4-step samples (docs/diffusers.md, "How a student reads its output").
+
+    rdd = load_config(config, DISTILL + [f"data.root={small_fmnist}", "distill.method=rdd", "distill.iterations=[10]",
+                                         f"classifier.checkpoint={classifier}", "distill.queue_size=256",
+                                         "distill.num_contrast=64", "distill.push_per_step=32"])
+    _, rdd_two = run_progressive(rdd, teacher_dir, tmp_path / "rdd", CPU)
+    for name, ckpt in (("pd", two), ("rdd", rdd_two)):
+        (tmp_path / name / "load").mkdir()
+        check_export_matches_rdd(ckpt, tmp_path / name / "load")
