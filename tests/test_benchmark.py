@@ -52,3 +52,29 @@ def test_benchmark_runs_every_stage_and_writes_results(small_fmnist, tmp_path):
     # A second run finds every stage finished and only rewrites the page.
     again = run_rdd("benchmark", str(config), "--results", str(results))
     assert "running" not in again.stdout and again.stdout.count(": done") >= 10
+
+
+def test_ablation_without_pd_in_the_chains_makes_its_own_two_step_teacher(small_fmnist, tmp_path):
+    data = {"root": str(small_fmnist)}
+    tiny_train = {"batch_size": 16, "log_every": 1, "sample_every": 0, "sample_steps": 2, "num_grid": 8}
+    bench = {
+        "name": "toy", "out": str(tmp_path / "runs"),
+        "teacher_config": write_yaml(tmp_path / "teacher.yaml", "configs/fmnist/benchmark-teacher.yaml", data=data,
+                                     model={"name": "tiny"}, train={**tiny_train, "iterations": 10, "warmup": 0, "ckpt_every": 10}),
+        "classifier_config": write_yaml(tmp_path / "classifier.yaml", "configs/fmnist/classifier.yaml", data=data,
+                                        classifier={"train_limit": 300}),
+        "evalnet_config": write_yaml(tmp_path / "evalnet.yaml", "configs/fmnist/evalnet.yaml", data=data,
+                                     classifier={"train_limit": 300}),
+        "distill_config": write_yaml(tmp_path / "distill.yaml", "configs/fmnist/benchmark-distill.yaml", data=data,
+                                     train=tiny_train, distill={"queue_size": 64, "num_contrast": 16, "push_per_step": 8}),
+        "teacher_steps": 16, "pd_to": 8, "pd_iterations": [2], "chain_methods": ["rcfd"], "chain_iterations": [2],
+        "ablation_methods": ["rcfd"], "ablation_seeds": [0], "ablation_iterations": 2,
+        "teacher_ddim_steps": [1], "dpm_solver_steps": 4, "pndm_steps": 5, "eval_samples": 50,
+    }
+    config = tmp_path / "benchmark.yaml"
+    config.write_text(yaml.safe_dump(bench))
+    run_rdd("benchmark", str(config), "--results", str(tmp_path / "results"))
+    teacher = tmp_path / "runs" / "ablation" / "pd-to-2" / "stage-4to2" / "model.pt"
+    assert teacher.is_file() and not (tmp_path / "runs" / "chain-pd").exists()
+    rows = json.loads((tmp_path / "results" / "results.json").read_text())["rows"]
+    assert {(r["table"], r["method"], r["steps"]) for r in rows} >= {("main", "rcfd", 1), ("ablation", "rcfd", 1)}

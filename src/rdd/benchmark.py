@@ -16,7 +16,7 @@ import yaml
 
 from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config
 from rdd.distributed import DistContext, init_distributed
-from rdd.training import MODEL_FILE
+from rdd.layout import MODEL_FILE, stage_model
 
 
 @dataclass
@@ -75,8 +75,8 @@ def check_benchmark(bc: BenchmarkConfig) -> None:
     for key in required:
         if not getattr(bc, key):
             raise ConfigError(f"{key} is empty; give at least one value")
-    if bc.ablation_methods and ("pd" not in bc.chain_methods or bc.pd_to < 4):
-        raise ConfigError(f"the ablation distils the PD chain's 2-step model: keep pd in chain_methods and pd_to >= 4 (it is {bc.pd_to})")
+    if bc.ablation_methods and bc.pd_to < 2:
+        raise ConfigError(f"the ablation distils a 2-step PD model to 1 step: pd_to must be at least 2 (it is {bc.pd_to})")
     counts = {"ablation_iterations": bc.ablation_iterations, "dpm_solver_steps": bc.dpm_solver_steps, "pndm_steps": bc.pndm_steps,
               **{f"{key}[{i}]": n for key in ("pd_iterations", "chain_iterations", "teacher_ddim_steps")
                  for i, n in enumerate(getattr(bc, key))}}
@@ -124,12 +124,12 @@ def eval_rows(bc: BenchmarkConfig, out: Path) -> list[dict]:
     rows = [dict(table="teacher", method="DDIM", steps=n, ckpt=teacher, sampler="ddim") for n in bc.teacher_ddim_steps]
     rows.append(dict(table="teacher", method="DPM-Solver", steps=bc.dpm_solver_steps, ckpt=teacher, sampler="dpm-solver"))
     rows.append(dict(table="teacher", method="PNDM", steps=bc.pndm_steps, ckpt=teacher, sampler="pndm"))
-    rows.append(dict(table="main", method="pd", steps=bc.pd_to, ckpt=out / "pd-chain" / f"stage-{2 * bc.pd_to}to{bc.pd_to}" / MODEL_FILE, sampler="ddim"))
+    rows.append(dict(table="main", method="pd", steps=bc.pd_to, ckpt=stage_model(out / "pd-chain", 2 * bc.pd_to), sampler="ddim"))
     for method in bc.chain_methods:
         steps = bc.pd_to
         while steps > 1:
             rows.append(dict(table="main", method=method, steps=steps // 2,
-                             ckpt=out / f"chain-{method}" / f"stage-{steps}to{steps // 2}" / MODEL_FILE, sampler="ddim"))
+                             ckpt=stage_model(out / f"chain-{method}", steps), sampler="ddim"))
             steps //= 2
     for method in bc.ablation_methods:
         for seed in bc.ablation_seeds:
@@ -138,6 +138,15 @@ def eval_rows(bc: BenchmarkConfig, out: Path) -> list[dict]:
     for row in rows:
         row["name"] = "-".join(str(row[k]) for k in ("table", "method", "steps", "sampler")) + (f"-seed{row['seed']}" if "seed" in row else "")
     return rows
+
+
+def ablation_teacher(bc: BenchmarkConfig, out: Path) -> Path:
+    """The 2-step PD model the ablation distils to 1 step: the PD chain's own when it has one."""
+    if bc.pd_to == 2:
+        return stage_model(out / "pd-chain", 4)
+    if "pd" in bc.chain_methods:
+        return stage_model(out / "chain-pd", 4)
+    return stage_model(out / "ablation" / "pd-to-2", 4)
 
 
 def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | None = None,
@@ -160,15 +169,18 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
     teacher = out / "teacher" / MODEL_FILE
     timings.run("teacher", teacher, train_teacher)
 
-    pd_model = out / "pd-chain" / f"stage-{2 * bc.pd_to}to{bc.pd_to}" / MODEL_FILE
+    pd_model = stage_model(out / "pd-chain", 2 * bc.pd_to)
     timings.run(f"pd {bc.teacher_steps}->{bc.pd_to}", pd_model, lambda: run_progressive(
         distill_cfg(bc, classifier, "pd", bc.teacher_steps, bc.pd_to, bc.pd_iterations), teacher, out / "pd-chain", ctx))
 
     for method in bc.chain_methods:
-        timings.run(f"chain {method}", out / f"chain-{method}" / "stage-2to1" / MODEL_FILE, lambda: run_progressive(
+        timings.run(f"chain {method}", stage_model(out / f"chain-{method}", 2), lambda method=method: run_progressive(
             distill_cfg(bc, classifier, method, bc.pd_to, 1, bc.chain_iterations), pd_model, out / f"chain-{method}", ctx))
 
-    two_step = out / "chain-pd" / "stage-4to2" / MODEL_FILE  # the common 2-step teacher of the ablation
+    two_step = ablation_teacher(bc, out)  # the common 2-step PD teacher of the ablation
+    if not two_step.is_file():
+        timings.run("pd to 2 steps (ablation teacher)", two_step, lambda: run_progressive(
+            distill_cfg(bc, classifier, "pd", bc.pd_to, 2, bc.chain_iterations), pd_model, two_step.parent.parent, ctx))
     stage_index = len(bc.chain_iterations) - 1  # the 2 -> 1 stage's temperature
     for method in bc.ablation_methods:
         for seed in bc.ablation_seeds:

@@ -1,0 +1,16 @@
+"""Where a run puts its files: one place for the names that stages, chains, benchmarks and sweeps share."""
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
+TRAIN_STATE = "train_state.pt"  # everything needed to resume
+
+
+def stage_dir(chain_dir: str | Path, teacher_steps: int) -> Path:
+    """The folder of the stage teacher_steps -> teacher_steps / 2 of a chain."""
+    return Path(chain_dir) / f"stage-{teacher_steps}to{teacher_steps // 2}"
+
+
+def stage_model(chain_dir: str | Path, teacher_steps: int) -> Path:
+    return stage_dir(chain_dir, teacher_steps) / MODEL_FILE
