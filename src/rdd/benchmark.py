@@ -216,13 +216,3 @@ def cmd_benchmark(args) -> None:
         bc.out = args.out
     path = run_benchmark(bc, init_distributed(), args.results, args.config)
     print(f"wrote {path}")
-
-
-def add_benchmark_parser(sub) -> None:
-    p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
-    p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", help="run folder (default: the config's out)")
-    p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
-    p.set_defaults(func=cmd_benchmark)
-

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from rdd.errors import RddError
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="experiment YAML under configs/")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.iterations=100 (repeatable)")
+from rdd.registry import METHODS, SAMPLERS
 
 
 def cmd_train(args) -> None:
@@ -68,16 +64,35 @@ def cmd_train_classifier(args) -> None:
     print(f"test accuracy {result['test_accuracy']:.4f}; wrote {result['path']}")
 
 
-def cmd_sample(args) -> None:
-    from rdd.sampling import sample_command
-
-    sample_command(args)
-
-
 def cmd_export(args) -> None:
     from rdd.diffusers_io import export_diffusers
 
     print(f"wrote {export_diffusers(args.ckpt, args.out)}")
+
+
+def _command(target: str):
+    """A subcommand handler named "module:function", imported only when that command runs."""
+    def run(args):
+        module, name = target.split(":")
+        return getattr(importlib.import_module(f"rdd.{module}"), name)(args)
+    return run
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.iterations=100 (repeatable)")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML under configs/")
+    _add_overrides(p)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives every model the same noise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,24 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start over")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
-    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm-solver", "pndm"])
-    p.add_argument("--num", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives every model the same noise")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--out", help="PNG grid to write")
-    p.add_argument("--npz", help=".npz of uint8 NHWC images to write")
-    p.set_defaults(func=cmd_sample)
-
     for name, func, text in [("distill", cmd_distill, "distil one stage: an N-step teacher into an N/2-step student"),
                              ("progressive", cmd_progressive, "distil a chain N -> N/2 -> ... -> --to, resuming finished stages")]:
         p = sub.add_parser(name, help=text)
         _add_config_args(p)
         p.add_argument("--teacher", required=True,
                        help="model.pt of the teacher (a base model or a student), or a diffusers folder (docs/diffusers.md)")
-        p.add_argument("--method", help="pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m (default: distill.method)")
+        p.add_argument("--method", choices=list(METHODS), help="the loss terms to distil with (default: distill.method)")
         p.add_argument("--out", required=True, help="run folder")
         if name == "distill":
             p.add_argument("--stage", type=int, default=0, help="index into the per-stage lists (iterations, tau_cfd)")
@@ -117,6 +121,45 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--to", type=int, help="target step count (default: distill.target_steps)")
         p.add_argument("--overwrite", action="store_true", help="delete the run(s) already in --out and start over")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("sweep", help="train a stage or chain over a grid of config values x seeds, evaluated along the way",
+                       description="Example: rdd sweep --config configs/fmnist/distill.yaml --teacher assets/fmnist/two_step.pt "
+                                   "--grid distill.beta=0.01,0.1 --grid distill.tau_m=0.1,0.4 --seeds 0,1,2 --out runs/sweep")
+    p.add_argument("--config", help="distillation YAML (the base of every run)")
+    _add_overrides(p)
+    p.add_argument("--teacher", required=True, help="model.pt of the teacher")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a swept key and its values (repeatable; 'method' sweeps distill.method)")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--to", type=int, help="distil a chain down to this many steps (default: one stage)")
+    p.add_argument("--eval-at", help="also evaluate snapshots at these iterations, e.g. 150,500,1000")
+    p.add_argument("--eval-samples", type=int, default=5000)
+    p.add_argument("--eval-seed", type=int, default=0, help="noise seed of the evaluation samples")
+    p.add_argument("--evalnet", default="assets/fmnist/evalnet.pt", help="evaluation network (rdd train-evalnet)")
+    p.add_argument("--reference", default="val", choices=["val", "test"],
+                   help="val: held-out training images, for choosing settings; test: for the final report")
+    p.add_argument("--holdout", type=int, default=10000, help="training images held out as the val split")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.set_defaults(func=_command("sweep:cmd_sweep"))
+
+    p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
+    _add_sampling_args(p)
+    p.add_argument("--num", type=int, default=64, help="number of images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", help="PNG grid to write")
+    p.add_argument("--npz", help=".npz of uint8 NHWC images to write")
+    p.set_defaults(func=_command("sampling:sample_command"))
+
+    p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
+    _add_sampling_args(p)
+    p.add_argument("--num", type=int, help="number of samples (default: eval.num_samples, 10000)")
+    p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
+    p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
+    p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")
+    p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: beside the evalnet)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.set_defaults(func=_command("metrics:cmd_eval"))
 
     p = sub.add_parser("export", help="write a model as a folder that diffusers loads (docs/diffusers.md)")
     p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
@@ -129,17 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
     p.set_defaults(func=cmd_train_classifier)
-    from rdd.metrics import add_eval_parser, add_train_evalnet_parser
-    add_eval_parser(sub)
-    add_train_evalnet_parser(sub)
-    from rdd.report import add_report_parser
-    add_report_parser(sub)
-    from rdd.benchmark import add_benchmark_parser
-    add_benchmark_parser(sub)
-    from rdd.demo import add_demo_parser
-    add_demo_parser(sub)
-    from rdd.sweep import add_sweep_parser
-    add_sweep_parser(sub)
+
+    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
+    p.set_defaults(func=_command("metrics:cmd_train_evalnet"))
+
+    p = sub.add_parser("report", help="Markdown page with table, same-noise grids and loss curves of a folder of runs")
+    p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
+    p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
+    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_command("report:cmd_report"))
+
+    p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
+    p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
+    _add_overrides(p)
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
+    p.set_defaults(func=_command("benchmark:cmd_benchmark"))
+
+    p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with PD, RCFD and RDD, evaluate, report")
+    p.add_argument("--out", default="demo", help="output folder")
+    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument("--assets", help="folder of the shipped models and their SHA256SUMS (default: the repository's assets/fmnist)")
+    _add_overrides(p)
+    p.set_defaults(func=_command("demo:cmd_demo"))
     return parser
 
 

@@ -98,13 +98,4 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
 
 
 def cmd_demo(args) -> None:
-    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets)}")
-
-
-def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with RDD and PD, evaluate, report")
-    p.add_argument("--out", default="demo", help="output folder")
-    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
-    p.add_argument("--assets", default=str(ASSETS), help="folder of the shipped models and their SHA256SUMS")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_demo)
+    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets or ASSETS)}")

@@ -279,27 +279,3 @@ def cmd_train_evalnet(args) -> None:
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
     result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed)
     print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
-
-
-def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
-    p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm-solver", "pndm"])
-    p.add_argument("--num", type=int, help="number of samples (default: eval.num_samples, 10000)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed, shared by every model")
-    p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
-    p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
-    p.add_argument("--inception-weights", help=f"local {INCEPTION_FILE}: FID, IS and KID")
-    p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: beside the evalnet)")
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.set_defaults(func=cmd_eval)
-
-
-def add_train_evalnet_parser(sub) -> None:
-    from rdd.cli import _add_config_args
-
-    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
-    p.set_defaults(func=cmd_train_evalnet)

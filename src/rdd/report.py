@@ -238,12 +238,3 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
 
 def cmd_report(args) -> None:
     print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed)}")
-
-
-def add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="Markdown page with table, same-noise grids and loss curves of a folder of runs")
-    p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
-    p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
-    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_report)

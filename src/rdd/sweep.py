@@ -283,27 +283,3 @@ def cmd_sweep(args) -> None:
         raise RddError(f"--eval-samples {spec.eval_samples}: FD needs at least 2 samples")
     out = run_sweep(spec, args.jobs)
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and plots")
-
-
-def add_sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="train a stage or chain over a grid of config values x seeds, evaluated along the way",
-                       description="Example: rdd sweep --config configs/fmnist/distill.yaml --teacher assets/fmnist/two_step.pt "
-                                   "--grid distill.beta=0.01,0.1 --grid distill.tau_m=0.1,0.4 --seeds 0,1,2 --out runs/sweep")
-    p.add_argument("--config", help="distillation YAML (the base of every run)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override for every run (repeatable)")
-    p.add_argument("--teacher", required=True, help="model.pt of the teacher")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a swept key and its values (repeatable; 'method' sweeps distill.method)")
-    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
-    p.add_argument("--to", type=int, help="distil a chain down to this many steps (default: one stage)")
-    p.add_argument("--eval-at", help="also evaluate snapshots at these iterations, e.g. 150,500,1000")
-    p.add_argument("--eval-samples", type=int, default=5000)
-    p.add_argument("--eval-seed", type=int, default=0, help="noise seed of the evaluation samples")
-    p.add_argument("--evalnet", default="assets/fmnist/evalnet.pt", help="evaluation network (rdd train-evalnet)")
-    p.add_argument("--reference", default="val", choices=["val", "test"],
-                   help="val: held-out training images, for choosing settings; test: for the final report")
-    p.add_argument("--holdout", type=int, default=10000, help="training images held out as the val split")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
-    p.add_argument("--out", required=True, help="sweep folder")
-    p.set_defaults(func=cmd_sweep)
