@@ -43,11 +43,13 @@ PY
 )
 echo "study: selected $SELECTED"
 FINAL=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --set distill.tau_cfd=[0.85] --evalnet assets/fmnist/evalnet.pt
-       --eval-samples 10000 --reference test --teacher $TWO_STEP --set distill.iterations=[500] --seeds 3,4,5)
-$RDD sweep "${FINAL[@]}" --grid method=pd,rcfd,rdd --out $OUT/final
-if [ -n "$SELECTED" ]; then
-  $RDD sweep "${FINAL[@]}" --set distill.method=rdd $SELECTED --out $OUT/final-selected
-fi
+       --eval-samples 10000 --reference test --teacher $TWO_STEP --set distill.iterations=[500])
+for SEEDS in 3 3,4 3,4,5; do  # seed by seed, so that an interrupted study has whole seeds to report
+  $RDD sweep "${FINAL[@]}" --seeds $SEEDS --grid method=rcfd,rdd,pd --out $OUT/final
+  if [ -n "$SELECTED" ]; then
+    $RDD sweep "${FINAL[@]}" --seeds $SEEDS --set distill.method=rdd $SELECTED --out $OUT/final-selected
+  fi
+done
 
 # 4. The paper's other sensitivity axes (Fig. 6-9) at 500 iterations, seeds 0-1, validation FD.
 $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
