@@ -12,9 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config
+from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
 from rdd.distributed import DistContext, init_distributed
 from rdd.layout import MODEL_FILE, stage_model
 
@@ -44,16 +42,9 @@ class BenchmarkConfig:
 
 
 def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise ConfigError(f"benchmark config '{path}' not found; e.g. configs/fmnist/benchmark.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"benchmark config '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"benchmark config '{path}' must hold a mapping at its top level")
-    bc = build_dataclass(BenchmarkConfig, apply_overrides(data, overrides or []))
+    bc = build_dataclass(BenchmarkConfig, apply_overrides(read_yaml_config(path), overrides or []))
     check_benchmark(bc)
     return bc
 
