@@ -1,7 +1,8 @@
-import pytest
 """`rdd benchmark` end to end at toy scale: every stage, every table row, the results page."""
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -18,25 +19,31 @@ def write_yaml(path, base, **sections):
     return str(path)
 
 
-def test_benchmark_runs_every_stage_and_writes_results(small_fmnist, tmp_path):
+def toy_benchmark(small_fmnist, tmp_path, teacher_iterations: int, train_limit: int, **protocol) -> Path:
+    """A benchmark YAML of tiny sub-configs on the small split; `protocol` sets the stages and rows."""
     data = {"root": str(small_fmnist)}
     tiny_train = {"batch_size": 16, "log_every": 1, "sample_every": 0, "sample_steps": 2, "num_grid": 8}
     bench = {
         "name": "toy", "out": str(tmp_path / "runs"),
-        "teacher_config": write_yaml(tmp_path / "teacher.yaml", "configs/fmnist/benchmark-teacher.yaml", data=data,
-                                     model={"name": "tiny"}, train={**tiny_train, "iterations": 20, "warmup": 0, "ckpt_every": 10}),
+        "teacher_config": write_yaml(tmp_path / "teacher.yaml", "configs/fmnist/benchmark-teacher.yaml", data=data, model={"name": "tiny"},
+                                     train={**tiny_train, "iterations": teacher_iterations, "warmup": 0, "ckpt_every": 10}),
         "classifier_config": write_yaml(tmp_path / "classifier.yaml", "configs/fmnist/classifier.yaml", data=data,
-                                        classifier={"train_limit": 500}),
+                                        classifier={"train_limit": train_limit}),
         "evalnet_config": write_yaml(tmp_path / "evalnet.yaml", "configs/fmnist/evalnet.yaml", data=data,
-                                     classifier={"train_limit": 500}),
+                                     classifier={"train_limit": train_limit}),
         "distill_config": write_yaml(tmp_path / "distill.yaml", "configs/fmnist/benchmark-distill.yaml", data=data,
                                      train=tiny_train, distill={"queue_size": 64, "num_contrast": 16, "push_per_step": 8}),
-        "teacher_steps": 8, "pd_to": 4, "pd_iterations": [2], "chain_methods": ["pd", "rdd"], "chain_iterations": [2],
-        "ablation_methods": ["rcfd", "cfd_is"], "ablation_seeds": [0, 1], "ablation_iterations": 2,
-        "teacher_ddim_steps": [1, 8], "dpm_solver_steps": 4, "pndm_steps": 5, "eval_samples": 100,
+        "dpm_solver_steps": 4, "pndm_steps": 5, **protocol,
     }
     config = tmp_path / "benchmark.yaml"
     config.write_text(yaml.safe_dump(bench))
+    return config
+
+
+def test_benchmark_runs_every_stage_and_writes_results(small_fmnist, tmp_path):
+    config = toy_benchmark(small_fmnist, tmp_path, 20, 500, teacher_steps=8, pd_to=4, pd_iterations=[2],
+                           chain_methods=["pd", "rdd"], chain_iterations=[2], ablation_methods=["rcfd", "cfd_is"],
+                           ablation_seeds=[0, 1], ablation_iterations=2, teacher_ddim_steps=[1, 8], eval_samples=100)
     results = tmp_path / "results"
     run_rdd("benchmark", str(config), "--results", str(results))
 
@@ -55,24 +62,9 @@ def test_benchmark_runs_every_stage_and_writes_results(small_fmnist, tmp_path):
 
 
 def test_ablation_without_pd_in_the_chains_makes_its_own_two_step_teacher(small_fmnist, tmp_path):
-    data = {"root": str(small_fmnist)}
-    tiny_train = {"batch_size": 16, "log_every": 1, "sample_every": 0, "sample_steps": 2, "num_grid": 8}
-    bench = {
-        "name": "toy", "out": str(tmp_path / "runs"),
-        "teacher_config": write_yaml(tmp_path / "teacher.yaml", "configs/fmnist/benchmark-teacher.yaml", data=data,
-                                     model={"name": "tiny"}, train={**tiny_train, "iterations": 10, "warmup": 0, "ckpt_every": 10}),
-        "classifier_config": write_yaml(tmp_path / "classifier.yaml", "configs/fmnist/classifier.yaml", data=data,
-                                        classifier={"train_limit": 300}),
-        "evalnet_config": write_yaml(tmp_path / "evalnet.yaml", "configs/fmnist/evalnet.yaml", data=data,
-                                     classifier={"train_limit": 300}),
-        "distill_config": write_yaml(tmp_path / "distill.yaml", "configs/fmnist/benchmark-distill.yaml", data=data,
-                                     train=tiny_train, distill={"queue_size": 64, "num_contrast": 16, "push_per_step": 8}),
-        "teacher_steps": 16, "pd_to": 8, "pd_iterations": [2], "chain_methods": ["rcfd"], "chain_iterations": [2],
-        "ablation_methods": ["rcfd"], "ablation_seeds": [0], "ablation_iterations": 2,
-        "teacher_ddim_steps": [1], "dpm_solver_steps": 4, "pndm_steps": 5, "eval_samples": 50,
-    }
-    config = tmp_path / "benchmark.yaml"
-    config.write_text(yaml.safe_dump(bench))
+    config = toy_benchmark(small_fmnist, tmp_path, 10, 300, teacher_steps=16, pd_to=8, pd_iterations=[2],
+                           chain_methods=["rcfd"], chain_iterations=[2], ablation_methods=["rcfd"], ablation_seeds=[0],
+                           ablation_iterations=2, teacher_ddim_steps=[1], eval_samples=50)
     run_rdd("benchmark", str(config), "--results", str(tmp_path / "results"))
     teacher = tmp_path / "runs" / "ablation" / "pd-to-2" / "stage-4to2" / "model.pt"
     assert teacher.is_file() and not (tmp_path / "runs" / "chain-pd").exists()
