@@ -1,4 +1,3 @@
-import pytest
 import json
 import os
 import signal
@@ -6,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT, rdd_command, run_rdd
