@@ -29,7 +29,8 @@ $RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set
 
 # 3. Selection rule, fixed before the sweep ran: the RDD setting of step 2 with the lowest mean
 #    validation FD over seeds 0-1. Then the final comparison on fresh seeds 3-5 against the test set,
-#    10,000 samples, 500 iterations: PD, RCFD, RDD as the paper describes it, RDD with the selection.
+#    10,000 samples, 500 iterations: PD, RCFD, RDD as the paper describes it, RDD with the selection,
+#    and RCFD with the selected switches that apply to it.
 SELECTED=$($PYTHON - "$OUT/fidelity/sweep.json" <<'PY'
 import json, statistics, sys
 results = json.load(open(sys.argv[1]))["results"]
@@ -45,10 +46,13 @@ echo "study: selected $SELECTED"
 FINAL=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --set distill.tau_cfd=[0.85] --evalnet assets/fmnist/evalnet.pt
        --eval-samples 10000 --reference test --teacher $TWO_STEP --set distill.iterations=[500])
 for SEEDS in 3 3,4 3,4,5; do  # seed by seed, so that an interrupted study has whole seeds to report
-  $RDD sweep "${FINAL[@]}" --seeds $SEEDS --grid method=rcfd,rdd,pd --out $OUT/final
   if [ -n "$SELECTED" ]; then
     $RDD sweep "${FINAL[@]}" --seeds $SEEDS --set distill.method=rdd $SELECTED --out $OUT/final-selected
+    # RCFD with the selected switches that apply to it (the teacher clip of the PD target): like for like
+    CLIP=$(echo "$SELECTED" | grep -o -- "--set distill.teacher_clip=[a-z]*" || true)
+    $RDD sweep "${FINAL[@]}" --seeds $SEEDS --set distill.method=rcfd $CLIP --out $OUT/final-rcfd-selected
   fi
+  $RDD sweep "${FINAL[@]}" --seeds $SEEDS --grid method=rcfd,rdd,pd --out $OUT/final
 done
 
 # 4. The paper's other sensitivity axes (Fig. 6-9) at 500 iterations, seeds 0-1, validation FD.
