@@ -15,6 +15,7 @@ def m_p2p_loss(
     contrast (V, C) are l2-normalised teacher pixels drawn from the PixelQueue, used as given.
     L = mean over images n and rows a of KL(softmax(P^T_a / tau) || softmax(P^S_a / tau)).
     """
-    p_s = unit_pixels(map_s) @ contrast.to(map_s).T
-    p_t = unit_pixels(map_t) @ contrast.to(map_t).T
+    # Rows (N*A, C): one matrix product, where (N, A, C) @ (C, V) would broadcast the queue over N batched products.
+    p_s = unit_pixels(map_s).flatten(0, 1) @ contrast.to(map_s).T
+    p_t = unit_pixels(map_t).flatten(0, 1) @ contrast.to(map_t).T
     return kl_rows(p_t, p_s, tau, tau)
