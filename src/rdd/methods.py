@@ -205,6 +205,6 @@ class DistillationObjective:
         total, logs = 0.0, {}
         for name, weight, term in self.terms:
             value = term(batch)
-            logs[f"loss_{name}"] = value.item()
+            logs[f"loss_{name}"] = value.detach()  # read with float() only when logged: no GPU sync per term
             total = total + weight * value
         return total, logs

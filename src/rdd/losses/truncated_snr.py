@@ -20,4 +20,5 @@ class TruncatedSNRLoss:
         z_t = diffuse(x, t, torch.randn_like(x))
         x_hat = model(z_t, t, labels)
         per_image = (x_hat.float() - x).pow(2).flatten(1).mean(1)
-        return (truncated_snr_weight(t) * per_image).mean(), {"mse": per_image.mean().item()}
+        # A tensor, not .item(): no GPU sync per step; the loop calls float() when it logs.
+        return (truncated_snr_weight(t) * per_image).mean(), {"mse": per_image.mean().detach()}
