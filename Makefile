@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/rdd demo --out demo
 
-test: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider
+test: $(STAMP)  # one pytest worker per core (tests write only to their own temporary folders)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -n $${PYTEST_WORKERS:-2}
 
 test-fast: $(STAMP)  # the unit layer: no test that trains a model or starts torchrun
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow"
