@@ -17,6 +17,7 @@ from rdd.config import ExperimentConfig
 from rdd.diffusion import diffuse, sample_student_times, teacher_two_step_target, truncated_snr_weight
 from rdd.errors import RddError
 from rdd.fidelity import Fidelity, resolve_fidelity
+from rdd.registry import METHODS
 from rdd.losses import (LPIPSLoss, PixelQueue, ProjectionHead, cfd_loss, ii_p2p_loss, is_p2p_loss, is_p2p_loss_global,
                         m_p2p_loss)
 
@@ -116,16 +117,6 @@ class MP2PTerm:
         return loss
 
 
-# method -> [(term, weight key)]; weight keys name a DistillConfig field or "1".
-METHODS: dict[str, list[tuple[str, str]]] = {
-    "pd": [("pd", "1")],
-    "pd_lpips": [("lpips", "1")],
-    "rcfd": [("cfd", "1")],
-    "cfd_ii": [("cfd", "1"), ("ii_p2p", "alpha")],
-    "cfd_is": [("cfd", "1"), ("is_p2p", "alpha")],
-    "cfd_m": [("cfd", "1"), ("m_p2p", "beta")],
-    "rdd": [("cfd", "1"), ("is_p2p", "alpha"), ("m_p2p", "beta")],  # eq. 10
-}
 CLASSIFIER_TERMS = {"cfd", "ii_p2p", "is_p2p", "m_p2p"}
 
 
@@ -158,7 +149,7 @@ class DistillationObjective:
         self.separately_optimized: list[nn.Parameter] = []
         self.terms = []
         for name, weight_key in METHODS[dc.method]:
-            weight = 1.0 if weight_key == "1" else getattr(dc, weight_key)
+            weight = 1.0 if weight_key is None else getattr(dc, weight_key)
             self.terms.append((name, weight, self._build_term(name, cfg, tau_cfd)))
 
     def _build_term(self, name: str, cfg: ExperimentConfig, tau_cfd: float):
