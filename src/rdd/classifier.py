@@ -28,6 +28,7 @@ from tqdm import tqdm
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, save_checkpoint
 from rdd.config import ExperimentConfig
 from rdd.data import load_dataset, random_hflip
+from rdd.distributed import default_device
 from rdd.errors import RddError
 
 
@@ -198,7 +199,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
 
     train_set, test_set = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
     train_limit = train_limit if train_limit is not None else cfg.classifier.train_limit

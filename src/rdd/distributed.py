@@ -35,6 +35,11 @@ def require_single_process(command: str) -> None:
         raise RddError(f"rdd {command} runs in a single process; start it without torchrun (WORLD_SIZE={world})")
 
 
+def default_device(local_rank: int = 0) -> torch.device:
+    """The one device choice: this process's GPU when there is one, else the CPU."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def init_distributed() -> DistContext:
     """One process per device; without torchrun's variables this is a single CPU/GPU process."""
     world = world_size()
@@ -43,11 +48,9 @@ def init_distributed() -> DistContext:
                        f"torchrun --nproc_per_node={world} -m rdd.cli ..., or unset WORLD_SIZE")
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = default_device(local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank, world, device)

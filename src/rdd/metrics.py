@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from rdd.checkpoint import load_checkpoint
 from rdd.config import DataConfig
 from rdd.data import load_dataset
+from rdd.distributed import default_device
 from rdd.errors import RddError
 from rdd.sampling import to_uint8_nhwc
 
@@ -208,7 +209,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         raise RddError(f"--num {num_samples}: the Fréchet distance needs at least 2 samples (thousands for a stable one)")
     if batch_size is not None and batch_size < 1:
         raise RddError(f"--batch-size {batch_size}: use at least 1")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model, cfg, meta = load_diffusion_model(ckpt, device)
     ec = cfg.eval
     num_samples = ec.num_samples if num_samples is None else num_samples

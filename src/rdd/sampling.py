@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rdd.diffusion import ddim_sample
+from rdd.distributed import default_device
 from rdd.errors import RddError
 from rdd.logging import save_grid
 
@@ -79,7 +80,7 @@ def sample_command(args) -> None:
     for path, flag in ((args.out, "--out"), (args.npz, "--npz")):
         if path:
             check_output_path(path, flag)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)
     images = generate(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device)
