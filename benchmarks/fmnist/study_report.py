@@ -80,14 +80,17 @@ def main() -> None:
         for plot in (runs / name).glob("plot_*.png"):
             shutil.copy(plot, out / f"{name}-{plot.name}")
 
-    final = (load(runs, "final") or []) + (load(runs, "final-selected") or [])
+    final = {}
+    for name, fixed in (("final", None), ("final-selected", "rdd, selected (flat_view queue, no teacher clip)"),
+                        ("final-rcfd-selected", "rcfd, no teacher clip")):
+        for r in load(runs, name) or []:
+            final.setdefault(fixed or label(r["point"]), {})[r["seed"]] = r["final_fd"]
     if final:
-        points = {}
-        for r in final:
-            points.setdefault(label(r["point"]), []).append(r["final_fd"])
-        print("### Final comparison (seeds 3-5, test FD, 10,000 samples)\n")
-        print(markdown_table(["method", "FD", "per seed"],
-                             [[p, mean_std(v), ", ".join(f"{x:.3f}" for x in v)] for p, v in points.items()]), "\n")
+        seeds = sorted({s for v in final.values() for s in v})
+        print(f"### Final comparison (seeds {', '.join(map(str, seeds))}, test FD, 10,000 samples)\n")
+        print(markdown_table(["method", "FD", *(f"seed {s}" for s in seeds)],
+                             [[p, mean_std(list(v.values())), *(f"{v[s]:.3f}" if s in v else "–" for s in seeds)]
+                              for p, v in final.items()]), "\n")
 
 
 def plot_convergence(results: list[dict], iterations: list[int], teacher: float, path: Path) -> None:
