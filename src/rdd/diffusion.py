@@ -8,15 +8,12 @@ diffusers' timestep k (k + 1 noising steps taken), t = 0 for clean data, and log
 in t between those knots (docs/diffusers.md). Networks return x-hat; a schedule turns diffusers'
 epsilon and v predictions into x.
 
-The module-level functions run on the active schedule: cosine, unless a `using_schedule` block
-(a distillation stage of a diffusers teacher) sets another. Samplers and the PD target take the
-schedule of the model they run.
+The module-level functions run on the cosine schedule; samplers, the PD target and the distillation
+objective take the schedule of the model they run (`schedule_of`).
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -154,54 +151,40 @@ def schedule_from_config(config: dict) -> Schedule:
 
 
 COSINE = CosineSchedule()
-_ACTIVE: ContextVar[Schedule] = ContextVar("rdd_schedule", default=COSINE)
-
-
-def active_schedule() -> Schedule:
-    return _ACTIVE.get()
-
-
-@contextmanager
-def using_schedule(schedule: Schedule):
-    """Run the module-level functions (a distillation objective's noising, target and weight) on `schedule`."""
-    token = _ACTIVE.set(schedule)
-    try:
-        yield schedule
-    finally:
-        _ACTIVE.reset(token)
 
 
 def schedule_of(model) -> Schedule:
-    """A model's own schedule; a bare function denoiser runs on the active one."""
-    return getattr(model, "schedule", None) or active_schedule()
+    """A model's own schedule; a bare function denoiser runs on the cosine one."""
+    return getattr(model, "schedule", None) or COSINE
 
 
 def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return active_schedule().alpha_sigma(t)
+    return COSINE.alpha_sigma(t)
 
 
 def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return active_schedule().diffuse(x, t, eps)
+    return COSINE.diffuse(x, t, eps)
 
 
 def eps_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return active_schedule().eps_from_x(z_t, t, x)
+    return COSINE.eps_from_x(z_t, t, x)
 
 
 def v_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return active_schedule().v_from_x(z_t, t, x)
+    return COSINE.v_from_x(z_t, t, x)
 
 
 def x_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return active_schedule().x_from_v(z_t, t, v)
+    return COSINE.x_from_v(z_t, t, v)
 
 
 def ddim_step(z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return active_schedule().ddim_step(z_t, x_hat, t, s)
+    return COSINE.ddim_step(z_t, x_hat, t, s)
 
 
 def truncated_snr_weight(t: torch.Tensor) -> torch.Tensor:
-    return active_schedule().truncated_snr_weight(t)
+    return COSINE.truncated_snr_weight(t)
+
 
 def time_grid(steps: int, device=None) -> torch.Tensor:
     """The N-step grid 1, (N-1)/N, ..., 1/N, 0."""

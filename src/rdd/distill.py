@@ -17,7 +17,7 @@ import torch
 from rdd.checkpoint import load_checkpoint
 from rdd.classifier import load_classifier
 from rdd.config import DistillConfig, ExperimentConfig
-from rdd.diffusion import check_halving, schedule_of, using_schedule
+from rdd.diffusion import check_halving
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
@@ -118,10 +118,9 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
 
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
     steps = stage.meta["sampling_steps"]
-    with using_schedule(schedule_of(stage.student)):  # the objective noises and weighs on the teacher's schedule
-        fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
-            meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps,
-            desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
+    fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
+        meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps,
+        desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
     return Path(out_dir) / MODEL_FILE
 
 

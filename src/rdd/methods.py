@@ -7,14 +7,14 @@ The terms then compare x_hat with x~ in pixels (PD, LPIPS) or through a frozen c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import nn
 
 from rdd.config import ExperimentConfig
-from rdd.diffusion import diffuse, sample_student_times, teacher_two_step_target, truncated_snr_weight
+from rdd.diffusion import COSINE, Schedule, sample_student_times, schedule_of, teacher_two_step_target
 from rdd.errors import RddError
 from rdd.fidelity import Fidelity, resolve_fidelity
 from rdd.registry import METHODS
@@ -30,10 +30,11 @@ class DistillBatch:
     x_target: torch.Tensor
     t: torch.Tensor
     classifier: nn.Module | None = None
+    schedule: Schedule = field(default_factory=lambda: COSINE)  # the teacher's
 
     @cached_property
     def weight(self) -> torch.Tensor:
-        return truncated_snr_weight(self.t)
+        return self.schedule.truncated_snr_weight(self.t)
 
     @cached_property
     def features_student(self):
@@ -143,6 +144,7 @@ class DistillationObjective:
         check_method(dc.method)
         self.fidelity: Fidelity = resolve_fidelity(dc)
         self.teacher = teacher.eval().requires_grad_(False)
+        self.schedule = schedule_of(teacher)  # noising, target and weight all on the teacher's schedule
         self.teacher_steps = teacher_steps
         self.classifier = classifier.eval().requires_grad_(False) if classifier is not None else None
         self.modules = nn.ModuleDict()
@@ -188,11 +190,11 @@ class DistillationObjective:
 
     def __call__(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         t = sample_student_times(x.shape[0], self.teacher_steps // 2, device=x.device)
-        z_t = diffuse(x, t, torch.randn_like(x))
+        z_t = self.schedule.diffuse(x, t, torch.randn_like(x))
         with torch.no_grad():
             x_target = teacher_two_step_target(self.teacher, z_t, t, self.teacher_steps, labels,
                                                clip=self.fidelity.teacher_clip).float()
-        batch = DistillBatch(student(z_t, t, labels), x_target, t, self.classifier)
+        batch = DistillBatch(student(z_t, t, labels), x_target, t, self.classifier, self.schedule)
         total, logs = 0.0, {}
         for name, weight, term in self.terms:
             value = term(batch)
