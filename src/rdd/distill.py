@@ -21,6 +21,7 @@ from rdd.diffusion import check_halving
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
+from rdd.layout import stage_dir
 from rdd.methods import METHODS, DistillationObjective, needs_classifier
 from rdd.networks import student_copy, student_prediction_type
 from rdd.rundir import check_same_run, manifest, write_json_atomic
@@ -128,10 +129,6 @@ def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Pa
               stage_index: int = 0, resume: bool = True, overwrite: bool = False) -> Path:
     """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
     return train_stage(build_stage(cfg, teacher_path, ctx, stage_index), out_dir, ctx, resume, overwrite)
-
-
-def stage_dir(out_dir: Path, steps: int) -> Path:
-    return out_dir / f"stage-{steps}to{steps // 2}"
 
 
 def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext,

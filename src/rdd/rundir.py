@@ -18,11 +18,10 @@ from pathlib import Path
 from rdd.config import ExperimentConfig, to_dict
 from rdd.distributed import DistContext, broadcast_object
 from rdd.errors import RddError
+from rdd.layout import MODEL_FILE, TRAIN_STATE
 
 MANIFEST = "run.json"
 LOCK = ".lock"
-TRAIN_STATE = "train_state.pt"  # everything needed to resume
-MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
 OUTPUTS = (TRAIN_STATE, MANIFEST, MODEL_FILE, "metrics.jsonl", "samples.png", "grids", "snapshots", "tensorboard")
 
 # Settings a resumed run may change: how long it trains (longer only), how often it logs, saves and

@@ -27,8 +27,8 @@ from rdd.data import ResumableSampler, load_dataset, random_hflip
 from rdd.diffusion import ddim_sample
 from rdd.distributed import DistContext, all_gather_objects
 from rdd.errors import RddError
+from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.logging import MetricsLog, save_grid
-from rdd.rundir import MODEL_FILE, TRAIN_STATE
 
 
 class Objective(Protocol):
