@@ -1,70 +1,84 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST study of "does relational distillation help?" (benchmarks/fmnist/STUDY.md).
-# One process, resumable: every sweep skips its finished runs and resumes an unfinished one, so
-# re-running this script after an interruption continues where it stopped. One core:
+# Two lanes, one process and one thread each, so both cores work:
 #   nohup bash benchmarks/fmnist/study.sh > runs/study/study.log 2>&1 &
-# Settings are chosen on seeds 0-2 against held-out training images (--reference val);
-# the final comparison uses fresh seeds 3-5 against the test set.
+#   bash benchmarks/fmnist/study.sh lane1   # or lane2: one lane only (one core)
+# Resumable on any machine: every finished run keeps its result (config, seed, FD per snapshot, wall
+# time; no weights) in benchmarks/fmnist/study/<sweep>/, committed to the repository, and a run
+# whose result file exists is skipped; an unfinished run resumes from its checkpoint in runs/study.
+# Settings were chosen on seeds 0-2 against held-out training images (--reference val); the
+# comparisons use fresh seeds 3-5 against the test set. Nothing is chosen on seeds 3-5.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=1
 RDD=${RDD:-.venv/bin/rdd}
-PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/study}
+RECORD=${RECORD:-benchmarks/fmnist/study}
 TWO_STEP=assets/fmnist/two_step.pt
-BASE=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --set distill.tau_cfd=[0.85] --evalnet assets/fmnist/evalnet.pt --eval-samples 5000)
-
-# 1. Convergence of the 2 -> 1 stage: FD at 150, 300, 500 and 1,000 iterations of one 1,000-iteration run.
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --eval-at 150,300,500 \
-  --grid method=pd,rcfd,rdd --seeds 0 --out $OUT/convergence
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[1000] --eval-at 150,300,500 \
-  --grid method=rdd --grid distill.fidelity=official --seeds 0 --out $OUT/convergence-official
-
-# 2. The fidelity switches with the largest effect (docs/fidelity.md), against RCFD at the same length,
-#    500 iterations, seeds 0-1, validation FD.
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rcfd \
-  --seeds 0,1 --out $OUT/rcfd-500
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
-  --grid distill.queue_layout=pixels,flat_view --grid distill.teacher_clip=true,false --seeds 0,1 --out $OUT/fidelity
-
-# 3. Selection rule, fixed before the sweep ran: the RDD setting of step 2 with the lowest mean
-#    validation FD over seeds 0-1. Then the final comparison on fresh seeds 3-5 against the test set,
-#    10,000 samples, 500 iterations: PD, RCFD, RDD as the paper describes it, RDD with the selection,
-#    and RCFD with the selected switches that apply to it.
-SELECTED=$($PYTHON - "$OUT/fidelity/sweep.json" <<'PY'
-import json, statistics, sys
-results = json.load(open(sys.argv[1]))["results"]
-points = {}
-for r in results:
-    points.setdefault(r["point"], []).append(r["final_fd"])
-best = min(points, key=lambda p: statistics.mean(points[p]))
-paper = "distill.queue_layout=pixels,distill.teacher_clip=true"  # already the final's RDD row
-print("" if best == paper else " ".join(f"--set {kv}" for kv in best.split(",")))
-PY
+EIGHT_STEP=assets/fmnist/eight_step.pt
+COMMON=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --evalnet assets/fmnist/evalnet.pt)
+TEST=(--eval-samples 10000 --reference test)
+VAL=(--eval-samples 5000 --reference val)
+# The four methods of the comparisons; "noclip" = the PD target without the teacher clip (docs/fidelity.md).
+declare -A METHOD=(
+  [pd-noclip]="--set distill.method=pd --set distill.teacher_clip=false"
+  [rcfd-noclip]="--set distill.method=rcfd --set distill.teacher_clip=false"
+  [rdd-official]="--set distill.method=rdd --set distill.fidelity=official"
+  [rdd-paper]="--set distill.method=rdd --set distill.fidelity=paper"
 )
-echo "study: selected $SELECTED"
-FINAL=(--config configs/fmnist/distill.yaml --set train.batch_size=32 --set distill.tau_cfd=[0.85] --evalnet assets/fmnist/evalnet.pt
-       --eval-samples 10000 --reference test --teacher $TWO_STEP --set distill.iterations=[500])
-for SEEDS in 3 3,4 3,4,5; do  # seed by seed, so that an interrupted study has whole seeds to report
-  if [ -n "$SELECTED" ]; then
-    $RDD sweep "${FINAL[@]}" --seeds $SEEDS --set distill.method=rdd $SELECTED --out $OUT/final-selected
-    # RCFD with the selected switches that apply to it (the teacher clip of the PD target): like for like
-    CLIP=$(echo "$SELECTED" | grep -o -- "--set distill.teacher_clip=[a-z]*" || true)
-    $RDD sweep "${FINAL[@]}" --seeds $SEEDS --set distill.method=rcfd $CLIP --out $OUT/final-rcfd-selected
+ORDER=(rcfd-noclip rdd-official rdd-paper pd-noclip)
+
+sweep() {  # sweep NAME ARGS...: one sweep whose per-run results are kept under $RECORD/NAME
+  local name=$1; shift
+  $RDD sweep "${COMMON[@]}" "$@" --record "$RECORD/$name" --out "$OUT/$name"
+}
+
+lane1() {
+  # 1. 2 -> 1 at 1,000 iterations, seeds 3-5, test FD (10,000 samples); snapshots at 500.
+  for seed in 3 4 5; do
+    for m in "${ORDER[@]}"; do
+      # shellcheck disable=SC2086
+      sweep "stage1000-$m" --teacher $TWO_STEP ${METHOD[$m]} --set distill.tau_cfd=[0.85] \
+        --set distill.iterations=[1000] --eval-at 500 "${TEST[@]}" --seeds $seed
+    done
+  done
+  # 3. Seed 5 of the 500-iteration final (seeds 3-4 ran in the first study; their runs were not kept).
+  for m in "${ORDER[@]}"; do
+    # shellcheck disable=SC2086
+    sweep "stage500-$m" --teacher $TWO_STEP ${METHOD[$m]} --set distill.tau_cfd=[0.85] \
+      --set distill.iterations=[500] "${TEST[@]}" --seeds 5
+  done
+  # 4. The paper's sensitivity axes (Fig. 6-9), RDD as the paper describes it, validation FD.
+  sweep sens-beta --teacher $TWO_STEP ${METHOD[rdd-paper]} --set distill.tau_cfd=[0.85] --set distill.iterations=[500] \
+    --grid distill.beta=0.01,0.03,0.1,0.3 "${VAL[@]}" --seeds 0,1
+  sweep sens-tau-alpha --teacher $TWO_STEP ${METHOD[rdd-paper]} --set distill.tau_cfd=[0.85] --set distill.iterations=[500] \
+    --grid distill.tau_m=0.1,0.4 --grid distill.alpha=0.3,1,3 "${VAL[@]}" --seeds 0,1
+}
+
+lane2() {
+  # The chain's 8-step model: base teacher with the benchmark's recipe, then PD 16 -> 8 (assets/fmnist/README.md).
+  if [ ! -f $EIGHT_STEP ]; then
+    $RDD train --config configs/fmnist/benchmark-teacher.yaml --out $OUT/teacher --resume
+    $RDD progressive --config configs/fmnist/benchmark-distill.yaml --teacher $OUT/teacher/model.pt --method pd \
+      --set distill.teacher_steps=16 --set distill.iterations=[300] --to 8 --out $OUT/pd-16to8
+    cp $OUT/teacher/model.pt assets/fmnist/base.pt
+    cp $OUT/pd-16to8/stage-16to8/model.pt $EIGHT_STEP
   fi
-  $RDD sweep "${FINAL[@]}" --seeds $SEEDS --grid method=rcfd,rdd,pd --out $OUT/final
-done
+  # 2. Chains 8 -> 4 -> 2 -> 1 from the shipped 8-step model, 500 iterations per stage, test FD after every stage.
+  for seed in 3 4 5; do
+    for m in "${ORDER[@]}"; do
+      # shellcheck disable=SC2086
+      sweep "chain-$m" --teacher $EIGHT_STEP ${METHOD[$m]} --set distill.iterations=[500] --to 1 \
+        "${TEST[@]}" --seeds $seed
+    done
+  done
+}
 
-# 4. The paper's other sensitivity axes (Fig. 6-9) at 500 iterations, seeds 0-1, validation FD.
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
-  --grid distill.beta=0.01,0.03,0.1,0.3 --seeds 0,1 --out $OUT/beta
-$RDD sweep "${BASE[@]}" --teacher $TWO_STEP --set distill.iterations=[500] --set distill.method=rdd \
-  --grid distill.tau_m=0.1,0.4 --grid distill.alpha=0.3,1,3 --seeds 0,1 --out $OUT/tau-alpha
-
-# 5. Chains from a 16-step PD model down to 1 step (errors compound): the teacher, PD 16 -> ... -> 16 first.
-$RDD train --config configs/fmnist/benchmark-teacher.yaml --out $OUT/teacher --resume
-$RDD progressive --config configs/fmnist/distill.yaml --teacher $OUT/teacher/model.pt --method pd \
-  --set distill.teacher_steps=64 --set distill.iterations=[300] --to 16 --set train.batch_size=32 --out $OUT/pd-64to16
-$RDD sweep "${BASE[@]}" --teacher $OUT/pd-64to16/stage-32to16/model.pt --set distill.iterations=[500] --to 1 \
-  --grid method=pd,rcfd,rdd --seeds 0 --out $OUT/chain
-echo "study: all sweeps done"
+mkdir -p "$OUT"
+case "${1:-both}" in
+  lane1) lane1 ;;
+  lane2) lane2 ;;
+  both) lane1 > "$OUT/lane1.log" 2>&1 & lane2 > "$OUT/lane2.log" 2>&1 & wait ;;
+  *) echo "usage: study.sh [lane1|lane2]" >&2; exit 2 ;;
+esac
+echo "study: done"

@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val: held-out training images, for choosing settings; test: for the final report")
     p.add_argument("--holdout", type=int, default=10000, help="training images held out as the val split")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
+    p.add_argument("--record", help="also keep each finished run's result (config, seed, FD per snapshot, wall time; "
+                                    "no weights) as a small JSON in this folder; a run whose record exists is skipped")
     p.add_argument("--out", required=True, help="sweep folder")
     p.set_defaults(func=_command("sweep:cmd_sweep"))
 

@@ -38,6 +38,7 @@ class SweepSpec:
     evalnet: str | None = None
     reference: str = "val"  # val (held-out training images, for choosing) | test (for reporting)
     holdout: int = 10000
+    record: str | None = None  # folder of per-run result files kept outside the (git-ignored) run folders
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunSpec:
     values: dict
     seed: int
     folder: str
+    slug: str
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -80,20 +82,25 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
         values = dict(zip(keys, combo))
         name = point_name(values)
         slug = name.replace("/", "_").replace(",", "__")
-        runs += [RunSpec(name, values, seed, str(Path(spec.out) / "runs" / slug / f"seed{seed}")) for seed in spec.seeds]
+        runs += [RunSpec(name, values, seed, str(Path(spec.out) / "runs" / slug / f"seed{seed}"), slug) for seed in spec.seeds]
     return runs
 
 
-def run_config(spec: SweepSpec, run: RunSpec):
-    """The run's config: base file, sweep overrides, grid values, seed and snapshots; validated here."""
-    from rdd.config import load_config
-
+def run_overrides(spec: SweepSpec, run: RunSpec) -> list[str]:
+    """The sweep's overrides, the grid values, the seed and the snapshots, in the order they apply."""
     overrides = list(spec.overrides) + [f"{k}={v}" for k, v in run.values.items() if k != "method"]
     if "method" in run.values:
         overrides.append(f"distill.method={run.values['method']}")
     overrides += [f"train.seed={run.seed}", f"data.holdout={spec.holdout}",
                   f"train.snapshot_at=[{','.join(map(str, spec.eval_at))}]"]
-    return load_config(spec.config, overrides)
+    return overrides
+
+
+def run_config(spec: SweepSpec, run: RunSpec):
+    """The run's config: base file and the run's overrides; validated here."""
+    from rdd.config import load_config
+
+    return load_config(spec.config, run_overrides(spec, run))
 
 
 def check_sweep(spec: SweepSpec) -> list[RunSpec]:
@@ -168,16 +175,32 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
             evaluations.append({"stage": index, "steps": meta["sampling_steps"], "iteration": iteration,
                                 "fd": r["fd"], "is": r.get("is")})
     result = {"point": run.point, "values": run.values, "seed": run.seed, "train_seconds": round(seconds, 1),
-              "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference}
+              "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference,
+              "eval_samples": spec.eval_samples, "teacher": spec.teacher, "config_file": spec.config,
+              "overrides": run_overrides(spec, run), "threads": torch.get_num_threads()}
     write_json(folder / RESULT_FILE, result)
+    if spec.record:
+        write_json(record_path(spec, run), result)
     return result
+
+
+def record_path(spec: SweepSpec, run: RunSpec) -> Path:
+    return Path(spec.record) / f"{run.slug}-seed{run.seed}.json"
+
+
+def finished(spec: SweepSpec, run: RunSpec) -> dict | None:
+    """The run's result if it has one: its record (which survives a new machine) or its run folder's."""
+    for path in ([record_path(spec, run)] if spec.record else []) + [Path(run.folder) / RESULT_FILE]:
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1) -> Path:
     runs = check_sweep(spec)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in runs if not (Path(r.folder) / RESULT_FILE).is_file()]
+    todo = [r for r in runs if finished(spec, r) is None]
     print(f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run ({jobs} at a time)")
     if jobs <= 1:
         for i, run in enumerate(todo, 1):
@@ -187,7 +210,7 @@ def run_sweep(spec: SweepSpec, jobs: int = 1) -> Path:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             for result in pool.map(execute, [spec] * len(todo), todo):
                 print(f"[sweep] done: {result['point']} seed {result['seed']}: FD {result['final_fd']:.3f}")
-    results = [json.loads((Path(r.folder) / RESULT_FILE).read_text()) for r in runs]
+    results = [finished(spec, r) for r in runs]
     write_json(out / "sweep.json", {"spec": asdict(spec), "results": results})
     (out / "sweep.md").write_text(sweep_table(spec, results))
     plot_sweep(spec, results, out)
@@ -276,7 +299,7 @@ def cmd_sweep(args) -> None:
                      seeds=parse_ints(args.seeds, "--seeds"), overrides=args.overrides, to=args.to,
                      eval_at=parse_ints(args.eval_at, "--eval-at") if args.eval_at else [],
                      eval_samples=args.eval_samples, eval_seed=args.eval_seed, evalnet=args.evalnet,
-                     reference=args.reference, holdout=args.holdout)
+                     reference=args.reference, holdout=args.holdout, record=args.record)
     if args.jobs < 1:
         raise RddError(f"--jobs {args.jobs}: run at least one process")
     if spec.eval_samples < 2:
