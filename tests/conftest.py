@@ -36,6 +36,25 @@ def run_rdd(*args: str, check: bool = True, timeout: int = 600, **kw) -> subproc
     return result
 
 
+def run_and_kill(args: list[str], out: Path, after_lines: int) -> None:
+    """Start `rdd ARGS --out OUT` and SIGKILL it once its metrics log has `after_lines` lines."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(rdd_command(*args, "--out", str(out)), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_lines:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before it was killed"
+
+
 @pytest.fixture
 def tiny_args():
     return list(TINY)

@@ -1,4 +1,4 @@
-"""Run by torchrun in test_distill: one RDD stage; each rank saves its student weights and queue."""
+"""Run by torchrun in test_distill: one RDD stage; each rank saves its student weights, queue and head."""
 import sys
 
 import torch
@@ -16,4 +16,5 @@ ctx = init_distributed()
 stage = build_stage(cfg, teacher, ctx)
 train_stage(stage, f"{out}/stage", ctx)
 queue = stage.objective.modules["queue"]
-torch.save({"student": stage.student.state_dict(), "queue": queue.queue, "filled": queue.filled}, f"{out}/rank{ctx.rank}.pt")
+torch.save({"student": stage.student.state_dict(), "queue": queue.queue, "filled": queue.filled,
+            "head": stage.objective.modules["head"].state_dict()}, f"{out}/rank{ctx.rank}.pt")

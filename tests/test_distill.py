@@ -83,7 +83,7 @@ def test_a_student_must_be_distilled_at_its_own_step_count(teacher, tmp_path, di
         run_stage(cfg, student, tmp_path / "t", CPU)
 
 
-def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(teacher, classifier, small_fmnist, tmp_path):
+def test_rdd_stage_under_torchrun_keeps_weights_queue_and_head_equal_on_both_ranks(teacher, classifier, small_fmnist, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_distill_worker.py"), str(teacher), str(tmp_path), f"classifier.checkpoint={classifier}",
            f"data.root={small_fmnist}", *TINY]
@@ -93,6 +93,8 @@ def test_rdd_stage_under_torchrun_keeps_queue_and_weights_equal_on_both_ranks(te
     for key in rank0["student"]:
         assert torch.equal(rank0["student"][key], rank1["student"][key]), key
     assert torch.equal(rank0["queue"], rank1["queue"])
+    for key in rank0["head"]:  # one projection head trained on both ranks' gradients, BatchNorm statistics included
+        assert torch.equal(rank0["head"][key], rank1["head"][key]), key
     assert int(rank0["filled"]) == 3 * 8  # 3 steps, K = 8 pixels per step drawn from both ranks' maps (push_scope global)
     state = load_checkpoint(tmp_path / "stage" / "train_state.pt")
     assert torch.equal(state["objective"]["queue.queue"], rank0["queue"])  # the queue travels with the checkpoint

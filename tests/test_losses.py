@@ -169,10 +169,17 @@ def test_kl_is_float32_under_autocast():
     assert loss.dtype == torch.float32
 
 
-def test_projection_head_keeps_shape_and_converts_to_syncbn():
-    head = ProjectionHead(6)
-    assert head(torch.randn(2, 6, 4, 4)).shape == (2, 6, 4, 4)
-    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in head.sync_batchnorm().modules())
+def test_projection_head_keeps_shape_and_its_seed_alone_sets_its_weights():
+    assert ProjectionHead(6)(torch.randn(2, 6, 4, 4)).shape == (2, 6, 4, 4)
+    head = ProjectionHead(6, seed=3)
+    torch.manual_seed(0)
+    again = ProjectionHead(6, seed=3)
+    state = torch.get_rng_state()
+    other = ProjectionHead(6, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random state is neither read nor moved
+    for (name, a), b in zip(head.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(head.net[0].weight, other.net[0].weight)
 
 
 # ---------------------------------------------------------------------------------------------

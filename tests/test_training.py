@@ -1,14 +1,12 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import ROOT, rdd_command, run_rdd
+from conftest import ROOT, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
 from rdd.networks import build_model
@@ -31,18 +29,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_args):
     run_rdd(*args, "--out", str(tmp_path / "straight"))
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(rdd_command(*args, "--out", str(out)), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_and_kill(args, out, after_lines=12)  # between checkpoints (after step 5 was saved, before 24)
     metrics = out / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill between checkpoints (after step 5 was saved, before 24)
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "model.pt").exists(), "the run finished before it was killed"
     saved_step = load_checkpoint(out / "train_state.pt")["step"]
     assert 5 <= saved_step < 24
 

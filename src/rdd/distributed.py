@@ -21,11 +21,18 @@ class DistContext:
         return self.rank == 0
 
 
+def _env_int(name: str, default: str, low: int, high: int | None, what: str) -> int:
+    """An integer of torchrun's environment, checked: a wrong one is refused in one line before any work."""
+    raw = os.environ.get(name, default).strip()
+    value = int(raw) if raw.isdigit() else -1
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise RddError(f"{name}={raw!r} is not {what} ({bound}); unset it, or start the run with torchrun")
+    return value
+
+
 def world_size() -> int:
-    raw = os.environ.get("WORLD_SIZE", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise RddError(f"WORLD_SIZE={raw!r} is not a process count; unset it, or start the run with torchrun")
-    return int(raw)
+    return _env_int("WORLD_SIZE", "1", 1, None, "a process count")
 
 
 def require_single_process(command: str) -> None:
@@ -46,8 +53,13 @@ def init_distributed() -> DistContext:
     if world > 1 and not dist.is_initialized() and "MASTER_ADDR" not in os.environ:
         raise RddError(f"WORLD_SIZE={world} but MASTER_ADDR is not set; start multi-process runs with "
                        f"torchrun --nproc_per_node={world} -m rdd.cli ..., or unset WORLD_SIZE")
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank = _env_int("RANK", "0", 0, world - 1, f"a process rank below WORLD_SIZE={world}")
+    local_rank = _env_int("LOCAL_RANK", "0", 0, world - 1, f"a local rank below WORLD_SIZE={world}")
+    if world > 1:
+        _env_int("MASTER_PORT", "29500", 1, 65535, "a TCP port")
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        raise RddError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+                       "start at most one process per GPU (torchrun --nproc_per_node)")
     device = default_device(local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -75,3 +87,23 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Every process takes rank 0's parameters and buffers (what DDP does for the model it wraps)."""
+    if dist.is_available() and dist.is_initialized():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def average_batchnorm_stats(module: torch.nn.Module) -> None:
+    """Average BatchNorm running statistics over processes, where SyncBatchNorm cannot run (CPU/gloo),
+    so that every process holds the same module and the one rank 0 saves is theirs too."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm):
+            for stat in (m.running_mean, m.running_var):
+                if stat is not None:
+                    dist.all_reduce(stat)
+                    stat /= dist.get_world_size()

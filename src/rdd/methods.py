@@ -173,7 +173,7 @@ class DistillationObjective:
         channels = self.classifier.num_features
         self.modules["queue"] = PixelQueue(dc.queue_size, channels, seed=cfg.train.seed, layout=fid.queue_layout,
                                            draw_from=fid.queue_draw, wrap=fid.queue_wrap)
-        self.modules["head"] = ProjectionHead(channels, bias=fid.head_bias)
+        self.modules["head"] = ProjectionHead(channels, bias=fid.head_bias, seed=cfg.train.seed)
         if fid.head_optimizer == "separate":
             self.separately_optimized = list(self.modules["head"].parameters())
         return MP2PTerm(dc.tau_m, self.modules["queue"], self.modules["head"], fid.num_contrast, dc.push_per_step,

@@ -25,7 +25,7 @@ from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, 
 from rdd.config import ExperimentConfig, to_dict
 from rdd.data import ResumableSampler, load_dataset, random_hflip
 from rdd.diffusion import ddim_sample
-from rdd.distributed import DistContext, all_gather_objects
+from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.logging import MetricsLog, save_grid
@@ -168,6 +168,7 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
     objective.modules.to(ctx.device)
     if ctx.world > 1 and ctx.device.type == "cuda":
         objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
+    broadcast_module(objective.modules)  # like DDP for the model: every rank starts from rank 0's head and queue
     # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
     train_model = DistributedDataParallel(model) if ctx.world > 1 else model
     ema = EMA(model, tc.ema_decay)
@@ -266,6 +267,7 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
         if objective_optimizer is not None:
             objective_optimizer.step()
         scheduler.step()
+        average_batchnorm_stats(objective.modules)
         ema.update(model)
         done = step + 1
         if done % tc.log_every == 0 or done == iterations:
