@@ -4,7 +4,7 @@ For each method the script times (1) the real step, `objective(student, x, None)
 zero_grad, backward, grad norm and clip, finiteness check, Adam, scheduler and EMA (rdd.training.fit,
 without data loading and logging), and (2) a profiled step that runs the objective's operations in
 the same order (rdd.methods.DistillationObjective.__call__), timing each phase with
-time.perf_counter (torch on CPU is synchronous). The backward pass is split in stages with
+time.perf_counter (on a GPU each phase ends with a synchronize). The backward pass is split in stages with
 torch.autograd.grad: loss terms -> the classifier's feature map (or x-hat for PD), through the
 classifier to x-hat, then through the student.
 
@@ -16,6 +16,7 @@ over its network passes (steadier on a shared machine, where other jobs slow who
 Configs: `fmnist` (configs/fmnist/distill.yaml with the shipped teacher and classifier, batch 32) and
 `cifar10` (configs/cifar10/distill.yaml: the paper-cifar10 U-Net and DenseNet-201 with random weights,
 batch 8; random images in [-1, 1] unless CIFAR-10 is in ~/.cache/rdd/cifar10 or data.root).
+It runs on the GPU when there is one (--device); benchmarks/gpu.py uses its steps for the GPU figures.
 
     OMP_NUM_THREADS=1 python benchmarks/distill_step.py --configs fmnist --steps 5
     OMP_NUM_THREADS=1 python benchmarks/distill_step.py --configs cifar10 --methods pd,rdd --steps 2 --bf16
@@ -35,7 +36,7 @@ from torch import nn
 from rdd.classifier import build_classifier, load_classifier
 from rdd.config import ExperimentConfig, load_config
 from rdd.data import FASHION_MNIST_DEBIAN, load_dataset
-from rdd.diffusion import diffuse, sample_student_times, teacher_two_step_target
+from rdd.diffusion import sample_student_times, teacher_two_step_target
 from rdd.distill import per_stage, stage_config
 from rdd.methods import METHODS, DistillationObjective, DistillBatch, MP2PTerm, needs_classifier
 from rdd.networks import build_model, student_copy
@@ -74,59 +75,77 @@ def images(cfg, batch: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(batch)])
 
 
-def setup_fmnist(batch: int) -> Setup:
+def setup_fmnist(batch: int, device="cpu") -> Setup:
     cfg = load_config(ROOT / "configs/fmnist/distill.yaml")
-    teacher, teacher_cfg, meta = load_diffusion_model(ROOT / "assets/fmnist/two_step.pt")
+    teacher, teacher_cfg, meta = load_diffusion_model(ROOT / "assets/fmnist/two_step.pt", device)
     cfg = stage_config(cfg, teacher_cfg)
-    classifier = load_classifier(ROOT / "assets/fmnist/classifier.pt")
-    return Setup(cfg, teacher, meta["sampling_steps"], classifier, images(cfg, batch))
+    classifier = load_classifier(ROOT / "assets/fmnist/classifier.pt", device)
+    return Setup(cfg, teacher, meta["sampling_steps"], classifier, images(cfg, batch).to(device))
 
 
-def setup_cifar10(batch: int) -> Setup:
-    cfg = load_config(ROOT / "configs/cifar10/distill.yaml", ["model.name=paper-cifar10"])
-    teacher = build_model(cfg.model, cfg.data)
-    classifier = build_classifier("densenet201", 3)
-    return Setup(cfg, teacher, cfg.distill.teacher_steps, classifier, images(cfg, batch))
+def setup_random(config: Path, overrides: list[str], classifier_arch: str, batch: int, device="cpu") -> Setup:
+    """A config's U-Net as teacher and a classifier, both with random weights: a step costs the same."""
+    cfg = load_config(config, overrides)
+    teacher = build_model(cfg.model, cfg.data).to(device)
+    classifier = build_classifier(classifier_arch, cfg.data.channels).to(device)
+    return Setup(cfg, teacher, cfg.distill.teacher_steps, classifier, images(cfg, batch).to(device))
+
+
+def setup_cifar10(batch: int, device="cpu") -> Setup:
+    return setup_random(ROOT / "configs/cifar10/distill.yaml", ["model.name=paper-cifar10"], "densenet201", batch, device)
+
+
+def synchronize(device: torch.device) -> None:
+    """GPU work is asynchronous: a clock read means something only after the device has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Trainer:
-    """A distillation step as rdd.training.fit runs it, for one method."""
+    """A training step as rdd.training.fit runs it: `for_method` builds the distillation step of a method,
+    the constructor takes any objective (the base model's loss, for one)."""
 
-    def __init__(self, setup: Setup, method: str, args):
+    @classmethod
+    def for_method(cls, setup: Setup, method: str, args) -> "Trainer":
         cfg = copy.deepcopy(setup.cfg)
         cfg.distill.method = method
         cfg.distill.lpips_weights = args.lpips_weights
-        self.cfg, self.args = cfg, args
         teacher = copy.deepcopy(setup.teacher)
         classifier = setup.classifier if needs_classifier(method) else None  # as rdd.distill.build_stage
-        self.objective = DistillationObjective(cfg, teacher, setup.teacher_steps, per_stage(cfg.distill.tau_cfd, 0),
-                                               classifier)
-        self.student = student_copy(teacher).train().requires_grad_(True)
-        self.x = setup.x
+        objective = DistillationObjective(cfg, teacher, setup.teacher_steps, per_stage(cfg.distill.tau_cfd, 0), classifier)
+        student = student_copy(teacher).train().requires_grad_(True)
+        return cls(cfg, objective, student, setup.x, per_stage(cfg.distill.iterations, 0), args)
+
+    def __init__(self, cfg: ExperimentConfig, objective, student: nn.Module, x: torch.Tensor, iterations: int, args):
+        self.cfg, self.args = cfg, args
+        self.objective, self.student, self.x = objective, student, x
+        self.device = x.device
+        objective.modules.to(self.device)  # the queue and projection head, as fit moves them
+        # The networks the objective runs besides the student (a base model's loss has none).
+        networks = [getattr(objective, name, None) for name in ("teacher", "classifier")]
         if args.channels_last:
-            for net in (self.objective.teacher, self.objective.classifier, self.student):
+            for net in [*networks, student]:
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
+            self.x = x.contiguous(memory_format=torch.channels_last)
         self.ema = EMA(self.student, cfg.train.ema_decay)
-        separate = {id(p) for p in self.objective.separately_optimized}
-        trainable = [p for p in self.objective.modules.parameters() if p.requires_grad]
-        self.params = list(self.student.parameters()) + [p for p in trainable if id(p) not in separate]
+        separately_optimized = getattr(objective, "separately_optimized", [])  # as fit reads it
+        separate = {id(p) for p in separately_optimized}
+        trainable = [p for p in objective.modules.parameters() if p.requires_grad]
+        self.params = list(student.parameters()) + [p for p in trainable if id(p) not in separate]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.train.lr)
-        self.head_optimizer = (torch.optim.Adam(self.objective.separately_optimized, lr=cfg.train.lr)
-                               if separate else None)
-        iterations = per_stage(cfg.distill.iterations, 0)
+        self.head_optimizer = torch.optim.Adam(separately_optimized, lr=cfg.train.lr) if separate else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.train.warmup, iterations, cfg.train.lr_schedule))
         self.model = self.student  # what the objective runs: the student, or its compiled version
         if args.compile:
-            self.model = torch.compile(self.student)
-            self.objective.teacher = torch.compile(self.objective.teacher)
-            if self.objective.classifier is not None:
-                self.objective.classifier = torch.compile(self.objective.classifier)
+            self.model = torch.compile(self.student, backend=args.compile_backend)
+            for name, net in zip(("teacher", "classifier"), networks):
+                if net is not None:
+                    setattr(objective, name, torch.compile(net, backend=args.compile_backend))
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -148,6 +167,7 @@ class Trainer:
 
     def step(self) -> float:
         """One real step; returns its seconds."""
+        synchronize(self.device)
         start = time.perf_counter()
         with self.autocast():
             loss, _ = self.objective(self.model, self.x, None)
@@ -156,15 +176,18 @@ class Trainer:
         self.clip(loss)
         self.update()
         self.ema.update(self.student)
+        synchronize(self.device)
         return time.perf_counter() - start
 
     def profiled_step(self) -> dict[str, float]:
         """One step as the objective and the loop run it, phase by phase; returns seconds per phase."""
         times: dict[str, float] = {}
+        synchronize(self.device)
         last = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal last
+            synchronize(self.device)
             now = time.perf_counter()
             times[name] = times.get(name, 0.0) + now - last
             last = now
@@ -172,18 +195,18 @@ class Trainer:
         obj, x = self.objective, self.x
         # The queue's own time is taken out of the M_P2P term's.
         for term in (term for _, _, term in obj.terms if isinstance(term, MP2PTerm)):
-            term.queue.push = timed(term.queue.push, "queue push", times)
-            term.queue.draw = timed(term.queue.draw, "queue draw", times)
+            term.queue.push = timed(term.queue.push, "queue push", times, self.device)
+            term.queue.draw = timed(term.queue.draw, "queue draw", times, self.device)
         try:
             with self.autocast():
                 t = sample_student_times(x.shape[0], obj.teacher_steps // 2, device=x.device)
-                z_t = diffuse(x, t, torch.randn_like(x))
+                z_t = obj.schedule.diffuse(x, t, torch.randn_like(x))
                 lap("noise z_t")
                 with torch.no_grad():
                     x_target = teacher_two_step_target(obj.teacher, z_t, t, obj.teacher_steps, None,
                                                        clip=obj.fidelity.teacher_clip).float()
                 lap(NETWORK_PHASES[0])
-                batch = DistillBatch(self.model(z_t, t, None), x_target, t, obj.classifier)
+                batch = DistillBatch(self.model(z_t, t, None), x_target, t, obj.classifier, obj.schedule)
                 lap(NETWORK_PHASES[1])
                 if obj.classifier is not None:  # cached on the batch, so the terms reuse them
                     _ = batch.features_teacher
@@ -227,17 +250,19 @@ class Trainer:
         return times
 
 
-def timed(fn, name: str, times: dict):
+def timed(fn, name: str, times: dict, device: torch.device):
     def wrapper(*args, **kwargs):
+        synchronize(device)
         start = time.perf_counter()
         out = fn(*args, **kwargs)
+        synchronize(device)
         times[name] = times.get(name, 0.0) + time.perf_counter() - start
         return out
     return wrapper
 
 
 def run_method(setup: Setup, method: str, args) -> dict:
-    trainer = Trainer(setup, method, args)
+    trainer = Trainer.for_method(setup, method, args)
     for _ in range(args.warmup):
         trainer.step()
         trainer.profiled_step()
@@ -293,12 +318,15 @@ def main() -> None:
     p.add_argument("--batch-fmnist", type=int, default=32)
     p.add_argument("--batch-cifar10", type=int, default=8)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="CPU autocast to bfloat16 around the objective")
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 around the objective")
     p.add_argument("--compile", action="store_true", help="torch.compile the student, teacher and classifier")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tracing only)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--lpips-weights", help="torchvision VGG16 ImageNet weights; without it pd_lpips is skipped")
     args = p.parse_args()
     torch.manual_seed(0)
-    builders = {"fmnist": lambda: setup_fmnist(args.batch_fmnist), "cifar10": lambda: setup_cifar10(args.batch_cifar10)}
+    builders = {"fmnist": lambda: setup_fmnist(args.batch_fmnist, args.device),
+                "cifar10": lambda: setup_cifar10(args.batch_cifar10, args.device)}
     for config in args.configs.split(","):
         setup = builders[config]()
         results, skipped = [], []
