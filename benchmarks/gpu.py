@@ -699,11 +699,16 @@ def machine_info(device: torch.device) -> dict:
             "python": platform.python_version(), "CPU": isp2p.cpu_name(), "CPU cores": os.cpu_count(),
             "torch threads": torch.get_num_threads()}
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update({"GPU": props.name, "GPU memory (GiB)": props.total_memory / 2**30, "driver": nvidia_driver(),
-                     "cuDNN": torch.backends.cudnn.version(), "NCCL": ".".join(map(str, torch.cuda.nccl.version())),
-                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-                     "cudnn_benchmark": torch.backends.cudnn.benchmark})
+        try:  # a query that fails must not cost the run its figures
+            props = torch.cuda.get_device_properties(device)
+            nccl = torch.cuda.nccl.version()  # a tuple, or an int in older torch
+            info.update({"GPU": props.name, "GPU memory (GiB)": props.total_memory / 2**30, "driver": nvidia_driver(),
+                         "cuDNN": torch.backends.cudnn.version(),
+                         "NCCL": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl),
+                         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                         "cudnn_benchmark": torch.backends.cudnn.benchmark})
+        except Exception as e:
+            info["GPU query failed"] = one_line(e)
     return info
 
 
