@@ -320,9 +320,6 @@ def resume_worker(args) -> None:
     Path(f"{args.stage_dir}.rank{ctx.rank}.pid").write_text(str(os.getpid()))
     work = Path(args.inputs)
     cfg = load_config(CIFAR10 / "distill.yaml", resume_overrides(scale, work, dist.get_world_size()))
-    # rdd draws the projection head from the global RNG, which it does not seed yet: seeded here, two fresh
-    # runs start alike, and the comparison measures the resume alone.
-    torch.manual_seed(cfg.train.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stage = build_stage(cfg, work / "teacher.pt", ctx)
@@ -628,8 +625,7 @@ def render_resume(part: dict, results: dict) -> list[str]:
             f"{part['ckpt_every']} steps; the worker is killed (SIGKILL) after a checkpoint, resumed with resume=True, "
             "and every entry of model.pt and train_state.pt is compared with an uninterrupted run's, which ran beside "
             "it. rdd starts a process group only for more than one process; the worker starts one at one process "
-            "too, so that NCCL (gloo on a CPU) runs. It also seeds torch's global RNG before building the stage, "
-            "since rdd draws the projection head from it unseeded. If the two runs differ, both run again with "
+            "too, so that NCCL (gloo on a CPU) runs. If the two runs differ, both run again with "
             "`torch.use_deterministic_algorithms(True, warn_only=True)` and CUBLAS_WORKSPACE_CONFIG=:4096:8. SyncBatchNorm replaces the projection head's BatchNorm only with more than one process on GPUs "
             "(and torch's SyncBatchNorm is BatchNorm at one process): with one GPU it is not exercised "
             "(`--ddp-procs 2` on two GPUs).", "",
