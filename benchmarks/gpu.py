@@ -626,7 +626,8 @@ def render_resume(part: dict, results: dict) -> list[str]:
             "and every entry of model.pt and train_state.pt is compared with an uninterrupted run's, which ran beside "
             "it. rdd starts a process group only for more than one process; the worker starts one at one process "
             "too, so that NCCL (gloo on a CPU) runs. If the two runs differ, both run again with "
-            "`torch.use_deterministic_algorithms(True, warn_only=True)` and CUBLAS_WORKSPACE_CONFIG=:4096:8. SyncBatchNorm replaces the projection head's BatchNorm only with more than one process on GPUs "
+            "`torch.use_deterministic_algorithms(True, warn_only=True)` and CUBLAS_WORKSPACE_CONFIG=:4096:8. "
+            "SyncBatchNorm replaces the projection head's BatchNorm only with more than one process on GPUs "
             "(and torch's SyncBatchNorm is BatchNorm at one process): with one GPU it is not exercised "
             "(`--ddp-procs 2` on two GPUs).", "",
             *table(["deterministic algorithms", "processes", "backend", "SyncBatchNorm modules", "checkpoint at kill",
