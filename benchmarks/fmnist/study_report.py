@@ -1,116 +1,164 @@
-"""Tables and plots of the Fashion-MNIST study from its sweep folders (benchmarks/fmnist/STUDY.md).
+"""Tables and plots of the Fashion-MNIST study (benchmarks/fmnist/STUDY.md), from committed files alone.
 
-    python benchmarks/fmnist/study_report.py [--runs runs/study] [--out benchmarks/fmnist/study]
+    python benchmarks/fmnist/study_report.py [--record benchmarks/fmnist/study] [--measure-teachers]
 
-Prints the Markdown tables; copies each sweep's plots to --out; measures the 2-step teacher on the
-validation and test references once (cached in --runs).
+Every finished run of `study.sh` keeps its result in `benchmarks/fmnist/study/<sweep>/<point>-seed<S>.json`
+(config, seed, FD per snapshot and stage, wall time). This script reads those files, rewrites the
+block between the `tables` markers of STUDY.md, draws the chain plot, and prints the block. The
+teachers' own DDIM FDs are results too (`teachers.json`); `--measure-teachers` measures the missing
+ones (a minute of CPU each), the default only reads them, so a fresh clone rebuilds STUDY.md offline.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import re
 import statistics
 from pathlib import Path
 
 from rdd.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
+STUDY = ROOT / "benchmarks/fmnist/STUDY.md"
+METHODS = ("pd-noclip", "rcfd-noclip", "rdd-official", "rdd-paper")
+LABELS = {"pd-noclip": "PD, no teacher clip", "rcfd-noclip": "RCFD, no teacher clip",
+          "rdd-official": "RDD, fidelity=official", "rdd-paper": "RDD, fidelity=paper"}
+TEACHERS = {"two_step": ("assets/fmnist/two_step.pt", [2]), "eight_step": ("assets/fmnist/eight_step.pt", [8, 4, 2, 1])}
 
 
-def load(runs: Path, name: str) -> list[dict] | None:
-    path = runs / name / "sweep.json"
-    return json.loads(path.read_text())["results"] if path.is_file() else None
+def records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def mean_std(values: list[float]) -> str:
+def spread(values: list[float]) -> str:
+    """Mean ± standard deviation over seeds (the seed values themselves are in the table's last columns)."""
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.3f} (1 seed)"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def teacher_fd(runs: Path, reference: str, samples: int) -> float:
-    from rdd.metrics import evaluate_checkpoint
-
-    cache = runs / f"teacher-{reference}-{samples}.json"
-    if not cache.is_file():
-        result = evaluate_checkpoint(ROOT / "assets/fmnist/two_step.pt", 2, "ddim", samples, 0,
-                                     evalnet=str(ROOT / "assets/fmnist/evalnet.pt"), progress=False,
-                                     reference_cache=str(runs / f"reference_{reference}.npz"),
-                                     reference_split=reference, holdout=10000)
-        cache.write_text(json.dumps(result))
-    return json.loads(cache.read_text())["fd"]
+def fd_at(record: dict, *, iteration: int | None = None, stage: int | None = None) -> float | None:
+    for e in record["evaluations"]:
+        if (iteration is None or e["iteration"] == iteration) and (stage is None or e["stage"] == stage):
+            return e["fd"]
+    return None
 
 
-def label(point: str) -> str:
-    return point.replace("distill.", "").replace("method=", "")
+def teacher_fds(record: Path, measure: bool) -> dict:
+    """{name: {steps: test FD on 10,000 samples}} of the shipped models' own DDIM, cached in teachers.json."""
+    path = record / "teachers.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (ckpt, steps_list) in TEACHERS.items():
+        for steps in steps_list:
+            if str(steps) in known.get(name, {}) or not measure or not (ROOT / ckpt).is_file():
+                continue
+            from rdd.metrics import evaluate_checkpoint
+
+            result = evaluate_checkpoint(ROOT / ckpt, steps, "ddim", 10000, 0, evalnet=str(ROOT / "assets/fmnist/evalnet.pt"),
+                                         progress=False, reference_cache=str(ROOT / "runs/study/reference_test.npz"),
+                                         reference_split="test", holdout=10000)
+            known.setdefault(name, {})[str(steps)] = result["fd"]
+            path.write_text(json.dumps(known, indent=2) + "\n")
+    return known
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", default=str(ROOT / "runs/study"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/fmnist/study"))
-    args = parser.parse_args()
-    runs, out = Path(args.runs), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    print(f"2-step teacher: validation FD (5,000 samples) {teacher_fd(runs, 'val', 5000):.3f}, "
-          f"test FD (10,000 samples) {teacher_fd(runs, 'test', 10000):.3f}\n")
-
-    convergence = (load(runs, "convergence") or []) + (load(runs, "convergence-official") or [])
-    if convergence:
-        iterations = sorted({e["iteration"] for r in convergence for e in r["evaluations"]})
-        rows = [[label(r["point"])] + [f"{next(e['fd'] for e in r['evaluations'] if e['iteration'] == i):.3f}" for i in iterations]
-                + [f"{r['train_seconds']:.0f}"] for r in convergence]
-        print("### Convergence (seed 0, validation FD)\n")
-        print(markdown_table(["method", *map(str, iterations), "train s"], rows), "\n")
-        plot_convergence(convergence, iterations, teacher_fd(runs, "val", 5000), out / "convergence.png")
-
-    for name, title in (("rcfd-500", "RCFD, 500 iterations"), ("fidelity", "RDD fidelity switches, 500 iterations"),
-                        ("beta", "RDD β, 500 iterations"), ("tau-alpha", "RDD τ_M × α, 500 iterations")):
-        results = load(runs, name)
-        if not results:
-            continue
-        points: dict = {}
-        for r in results:
-            points.setdefault(label(r["point"]), []).append(r["final_fd"])
-        seeds = sorted({r["seed"] for r in results})
-        print(f"### {title} (seeds {', '.join(map(str, seeds))}, validation FD)\n")
-        print(markdown_table(["setting", "FD"], [[p, mean_std(v)] for p, v in points.items()]), "\n")
-        for plot in (runs / name).glob("plot_*.png"):
-            shutil.copy(plot, out / f"{name}-{plot.name}")
-
-    final = {}
-    for name, fixed in (("final", None), ("final-selected", "rdd, selected (flat_view queue, no teacher clip)"),
-                        ("final-rcfd-selected", "rcfd, no teacher clip")):
-        for r in load(runs, name) or []:
-            final.setdefault(fixed or label(r["point"]), {})[r["seed"]] = r["final_fd"]
-    if final:
-        seeds = sorted({s for v in final.values() for s in v})
-        print(f"### Final comparison (seeds {', '.join(map(str, seeds))}, test FD, 10,000 samples)\n")
-        print(markdown_table(["method", "FD", *(f"seed {s}" for s in seeds)],
-                             [[p, mean_std(list(v.values())), *(f"{v[s]:.3f}" if s in v else "–" for s in seeds)]
-                              for p, v in final.items()]), "\n")
+def per_second(rows: list[dict], iterations: int) -> str:
+    return f"{statistics.mean(r['train_seconds'] for r in rows) / iterations:.2f}" if rows else "–"
 
 
-def plot_convergence(results: list[dict], iterations: list[int], teacher: float, path: Path) -> None:
+def stage_table(record: Path, prefix: str, iterations: int, teacher: float | None) -> tuple[str, set]:
+    seeds = sorted({r["seed"] for m in METHODS for r in records(record / f"{prefix}-{m}")})
+    head = ["method", "FD at 500", f"FD at {iterations}", *(f"seed {s}" for s in seeds), "s / iteration"]
+    rows = []
+    for m in METHODS:
+        runs = records(record / f"{prefix}-{m}")
+        by_seed = {r["seed"]: fd_at(r, iteration=iterations) for r in runs}
+        halfway = [v for r in runs if (v := fd_at(r, iteration=500)) is not None]
+        rows.append([LABELS[m], spread(halfway) if iterations != 500 else "", spread(list(by_seed.values())),
+                     *(f"{by_seed[s]:.3f}" if s in by_seed else "–" for s in seeds), per_second(runs, iterations)])
+    note = f"\n\nThe 2-step teacher's own DDIM: test FD {teacher:.3f}." if teacher is not None else ""
+    return markdown_table(head, rows) + note, set(seeds)
+
+
+def chain_table(record: Path, teacher: dict) -> tuple[str, dict]:
+    steps = [4, 2, 1]
+    curves, rows = {}, []
+    seeds = sorted({r["seed"] for m in METHODS for r in records(record / f"chain-{m}")})
+    for m in METHODS:
+        runs = records(record / f"chain-{m}")
+        per_stage = [[v for r in runs if (v := fd_at(r, stage=i)) is not None] for i in range(3)]
+        curves[m] = per_stage
+        rows.append([LABELS[m], *(spread(v) for v in per_stage), str(len(runs))])
+    rows.append(["8-step model's own DDIM", *(f"{teacher[str(s)]:.3f}" if str(s) in teacher else "–" for s in steps), ""])
+    head = ["method", "8 → 4 (4 steps)", "4 → 2 (2 steps)", "2 → 1 (1 step)", "seeds"]
+    return markdown_table(head, rows) + f"\n\nSeeds: {', '.join(map(str, seeds)) or 'none yet'}.", curves
+
+
+def plot_chain(curves: dict, teacher: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.5))
-    for r in results:
-        fds = [next(e["fd"] for e in r["evaluations"] if e["iteration"] == i) for i in iterations]
-        ax.plot(iterations, fds, marker="o", label=label(r["point"]))
-    ax.axhline(teacher, color="gray", linestyle="--", label="2-step teacher")
-    ax.set_xscale("log")
-    ax.set_xlabel("iterations of the 2 → 1 stage (snapshots of one 1,000-iteration run)")
-    ax.set_ylabel("validation FD ↓")
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for m, per_stage in curves.items():
+        points = [(i, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for i, v in enumerate(per_stage) if v]
+        if points:
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=LABELS[m])
+    own = [(i, teacher[str(s)]) for i, s in enumerate((4, 2, 1)) if str(s) in teacher]
+    if own:
+        ax.plot([p[0] for p in own], [p[1] for p in own], "k--", marker="x", label="8-step model, own DDIM")
+    ax.set_xticks([0, 1, 2], ["4 steps", "2 steps", "1 step"])
+    ax.set_xlabel("after the stage 8 → 4, 4 → 2, 2 → 1")
+    ax.set_ylabel("test FD ↓ (10,000 samples)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sensitivity_tables(record: Path) -> str:
+    parts = []
+    for name, title in (("sens-beta", "β"), ("sens-tau-alpha", "τ_M × α")):
+        runs = records(record / name)
+        if not runs:
+            continue
+        points: dict = {}
+        for r in runs:
+            points.setdefault(r["point"].replace("distill.", ""), []).append(r["final_fd"])
+        parts.append(f"RDD (paper) {title}, 500 iterations, validation FD:\n\n"
+                     + markdown_table(["setting", "FD"], [[p, spread(v)] for p, v in points.items()]))
+    return "\n\n".join(parts) if parts else "Not run yet."
+
+
+def build(record: Path, measure: bool) -> str:
+    teachers = teacher_fds(record, measure)
+    two = teachers.get("two_step", {}).get("2")
+    stage1000, _ = stage_table(record, "stage1000", 1000, two)
+    stage500, _ = stage_table(record, "stage500", 500, two)
+    chain, curves = chain_table(record, teachers.get("eight_step", {}))
+    plot_chain(curves, teachers.get("eight_step", {}), record / "chain.png")
+    return "\n\n".join([
+        "### 2 → 1 at 1,000 iterations (seeds 3–5, test FD, 10,000 samples)", stage1000,
+        "### Chains 8 → 4 → 2 → 1, 500 iterations per stage (test FD after every stage, 10,000 samples)", chain,
+        "![chain](study/chain.png)",
+        "### 2 → 1 at 500 iterations, seed 5", stage500,
+        "### Sensitivity (seeds 0–1)", sensitivity_tables(record)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", default=str(ROOT / "benchmarks/fmnist/study"))
+    parser.add_argument("--measure-teachers", action="store_true", help="evaluate the shipped models' own DDIM where missing")
+    args = parser.parse_args()
+    block = build(Path(args.record), args.measure_teachers)
+    text = STUDY.read_text()
+    new = re.sub(r"(<!-- tables:begin -->\n).*?(\n<!-- tables:end -->)", lambda m: m[1] + block + m[2], text, flags=re.S)
+    STUDY.write_text(new)
+    print(block)
 
 
 if __name__ == "__main__":
