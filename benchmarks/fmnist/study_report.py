@@ -70,13 +70,14 @@ def per_second(rows: list[dict], iterations: int) -> str:
 
 def stage_table(record: Path, prefix: str, iterations: int, teacher: float | None) -> tuple[str, set]:
     seeds = sorted({r["seed"] for m in METHODS for r in records(record / f"{prefix}-{m}")})
-    head = ["method", "FD at 500", f"FD at {iterations}", *(f"seed {s}" for s in seeds), "s / iteration"]
+    snapshots = [500] if iterations > 500 else []  # the snapshot inside a longer run
+    head = ["method", *(f"FD at {i}" for i in snapshots), f"FD at {iterations}", *(f"seed {s}" for s in seeds), "s / iteration"]
     rows = []
     for m in METHODS:
         runs = records(record / f"{prefix}-{m}")
         by_seed = {r["seed"]: fd_at(r, iteration=iterations) for r in runs}
-        halfway = [v for r in runs if (v := fd_at(r, iteration=500)) is not None]
-        rows.append([LABELS[m], spread(halfway) if iterations != 500 else "", spread(list(by_seed.values())),
+        inside = [spread([v for r in runs if (v := fd_at(r, iteration=i)) is not None]) for i in snapshots]
+        rows.append([LABELS[m], *inside, spread(list(by_seed.values())),
                      *(f"{by_seed[s]:.3f}" if s in by_seed else "–" for s in seeds), per_second(runs, iterations)])
     note = f"\n\nThe 2-step teacher's own DDIM: test FD {teacher:.3f}." if teacher is not None else ""
     return markdown_table(head, rows) + note, set(seeds)
@@ -114,7 +115,8 @@ def plot_chain(curves: dict, teacher: dict, path: Path) -> None:
     ax.set_xticks([0, 1, 2], ["4 steps", "2 steps", "1 step"])
     ax.set_xlabel("after the stage 8 → 4, 4 → 2, 2 → 1")
     ax.set_ylabel("test FD ↓ (10,000 samples)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
