@@ -55,7 +55,7 @@ def test_train_classifier_learns(trained):
     cfg, out, result = trained
     assert result["test_accuracy"] > 0.5  # chance is 0.1; 0.63-0.66 measured over seeds
     assert (out / "classifier.pt").is_file()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((out / "classifier-metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_load_classifier_round_trip(trained, tmp_path):

@@ -144,7 +144,7 @@ def no_sampling(monkeypatch):
     (["sample", "--num", "0"], "--num 0"),
     (["sample", "--batch-size", "0"], "--batch-size 0"),
     (["eval", "--num", "0"], "--num 0"),  # once silently 10,000
-    (["eval", "--num", "1"], "at least 2 samples"),
+    (["eval", "--num", "1"], "at least 10 samples"),
     (["eval", "--batch-size", "0"], "--batch-size 0"),
 ])
 def test_bad_sample_and_eval_arguments(capsys, tmp_path, no_sampling, argv, needle):
@@ -153,9 +153,9 @@ def test_bad_sample_and_eval_arguments(capsys, tmp_path, no_sampling, argv, need
 
 
 def test_a_missing_or_wrong_evalnet_is_refused_before_sampling(capsys, tmp_path, no_sampling):
-    code, err = run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", str(tmp_path / "none.pt"), "--num", "8")
+    code, err = run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", str(tmp_path / "none.pt"), "--num", "16")
     assert_one_line(code, err, "none.pt", "not found", "rdd train-evalnet")
-    assert_one_line(*run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", TWO_STEP, "--num", "8"), "not an evaluation network")
+    assert_one_line(*run_cli(capsys, "eval", "--ckpt", TWO_STEP, "--evalnet", TWO_STEP, "--num", "16"), "not an evaluation network")
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_sampling(capsys, tmp_path, no_sampling):

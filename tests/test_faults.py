@@ -82,7 +82,7 @@ def test_a_model_with_nan_weights_is_never_written_and_never_sampled(capsys, tmp
     state["model"] = model.state_dict()
     save_checkpoint(state, tmp_path / "nan.pt")
     error_line(*rdd(capsys, "sample", "--ckpt", tmp_path / "nan.pt", "--out", tmp_path / "g.png"), "non-finite weights")
-    error_line(*rdd(capsys, "eval", "--ckpt", tmp_path / "nan.pt", "--evalnet", ROOT / "assets/fmnist/evalnet.pt", "--num", 4),
+    error_line(*rdd(capsys, "eval", "--ckpt", tmp_path / "nan.pt", "--evalnet", ROOT / "assets/fmnist/evalnet.pt", "--num", 16),
                "non-finite weights")
 
 

@@ -84,7 +84,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise RddError(f"checkpoint '{path}' not found; check the path or train one with `rdd train`")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "not found"
+        raise RddError(f"checkpoint '{path}' {what}; check the path or train one with `rdd train`")
+    if path.stat().st_size == 0:
+        raise RddError(f"checkpoint '{path}' is empty (0 bytes; an interrupted copy?); use another copy")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -92,7 +95,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         # inside one of torch's own names as an unknown GLOBAL torch.*.
         if "GLOBAL" in str(e) and "GLOBAL torch." not in str(e):
             raise RddError(f"checkpoint '{path}' carries code objects in its pickle; refusing to load an unsafe checkpoint") from None
-        raise RddError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); use another copy") from None
+        raise RddError(f"checkpoint '{path}' is corrupt, truncated, or a pickle that torch's safe loader refuses "
+                       f"({type(e).__name__}); use another copy") from None
     except Exception as e:  # a damaged pickle or zip fails in many ways (KeyError, IndexError, RuntimeError, ...)
         raise RddError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); use another copy") from None
     if not isinstance(state, dict):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, save_checkpoint
 from rdd.config import ExperimentConfig
-from rdd.data import load_dataset, random_hflip
+from rdd.data import class_count, load_dataset, random_hflip
 from rdd.distributed import default_device
 from rdd.errors import RddError
 
@@ -205,6 +205,9 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     train_limit = train_limit if train_limit is not None else cfg.classifier.train_limit
     if train_limit is not None:
         train_set = Subset(train_set, range(min(train_limit, len(train_set))))
+    if cc.batch_size > len(train_set):
+        raise RddError(f"classifier.batch_size {cc.batch_size} is larger than the {len(train_set)} training images; "
+                       "lower classifier.batch_size")
     if test_limit is not None:
         test_set = Subset(test_set, range(min(test_limit, len(test_set))))
     loader = DataLoader(train_set, batch_size=cc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
@@ -212,7 +215,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
                         generator=torch.Generator().manual_seed(seed))
 
     stem = cc.stem
-    model = build_classifier(arch, cfg.data.channels, 10, stem).to(device)
+    model = build_classifier(arch, cfg.data.channels, class_count(cfg.data), stem).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cc.lr, momentum=cc.momentum, weight_decay=cc.weight_decay)
     # ÷10 at 50% and 75% of training, counted in iterations so that 1-epoch runs decay too.
     total = cc.epochs * len(loader)
@@ -220,7 +223,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
 
     val_set = load_dataset(cfg.data, "val") if cfg.data.holdout else None
     test_acc, best_val, best_weights = 0.0, -1.0, None
-    with open(out_dir / "metrics.jsonl", "w") as log:
+    kind = "evalnet" if arch == "evalnet-cnn" else "classifier"
+    with open(out_dir / f"{kind}-metrics.jsonl", "w") as log:  # its own name: a train run in the same folder keeps its log
         for epoch in range(cc.epochs):
             model.train()
             loss_sum = correct = seen = 0
@@ -257,7 +261,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     if bad:
         raise RddError(f"classifier training diverged: weight '{bad}' holds nan or inf; lower classifier.lr (now {cc.lr:g}); "
                        f"nothing was written to {path}")
-    save_checkpoint(dict(kind="classifier", arch=arch, stem=stem, in_channels=cfg.data.channels, num_classes=10,
+    save_checkpoint(dict(kind="classifier", arch=arch, stem=stem, in_channels=cfg.data.channels, num_classes=class_count(cfg.data),
                          resolution=cfg.data.resolution, model=model.state_dict(), test_accuracy=test_acc,
                          config=dataclasses.asdict(cfg)), path)
     return {"test_accuracy": test_acc, "path": str(path)}

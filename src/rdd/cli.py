@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 from rdd.errors import RddError
@@ -26,6 +31,9 @@ def _distill_config(args):
 
     overrides = list(args.overrides)
     if args.method:
+        asked = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "distill.method"]
+        if asked and asked[-1] != args.method:
+            raise RddError(f"--method {args.method} and --set distill.method={asked[-1]} disagree; pass one of them")
         overrides.append(f"distill.method={args.method}")
     return load_config(args.config, overrides)
 
@@ -88,16 +96,39 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     _add_overrides(p)
 
 
+def bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high], refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low:,}..{high:,}")
+        return value
+    return parse
+
+
+SEED = bounded_int(0, 2**31 - 1)
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the student's own, 64 for a teacher)")
+    p.add_argument("--steps", type=bounded_int(1, 10_000), help="sampler steps (default: the student's own, 64 for a teacher)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives every model the same noise")
+    p.add_argument("--seed", type=SEED, default=0, help="noise seed: the same seed gives every model the same noise")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals as one line that points at --help, like every other rdd error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", help="train a base (teacher) diffusion model")
     _add_config_args(p)
@@ -134,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, help="distil a chain down to this many steps (default: one stage)")
     p.add_argument("--eval-at", help="also evaluate snapshots at these iterations, e.g. 150,500,1000")
     p.add_argument("--eval-samples", type=int, default=5000)
-    p.add_argument("--eval-seed", type=int, default=0, help="noise seed of the evaluation samples")
+    p.add_argument("--eval-seed", type=SEED, default=0, help="noise seed of the evaluation samples")
     p.add_argument("--evalnet", default="assets/fmnist/evalnet.pt", help="evaluation network (rdd train-evalnet)")
     p.add_argument("--reference", default="val", choices=["val", "test"],
                    help="val: held-out training images, for choosing settings; test: for the final report")
@@ -184,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=_command("report:cmd_report"))
 
     p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
@@ -213,16 +244,45 @@ def resume_hint(args) -> str:
     return ""
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_trace(command: str) -> Path:
+    """The full trace of an unexpected error, in the temporary folder (never beside a user's files)."""
+    path = Path(tempfile.gettempdir()) / f"rdd-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"rdd {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # a cluster's SIGTERM (preemption, torchrun stopping a job) ends like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         args.func(args)
     except RddError as e:
-        print(f"rdd: error: {e}", file=sys.stderr)
+        print(f"rdd: error: {one_line(e, 2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rdd: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk, not rdd: full, read-only, a permission, a path that is not there
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"rdd: error: {args.command} could not use{where}: {e.strerror or e}; free space, fix the permission "
+              "or choose another path", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, or an input nobody foresaw: one line here, the trace in a file
+        if os.environ.get("RDD_DEBUG") == "1":
+            raise
+        trace = write_trace(args.command)
+        print(f"rdd: error: {args.command} failed unexpectedly ({type(e).__name__}: {one_line(e)}); "
+              f"full trace in {trace} (RDD_DEBUG=1 shows it)", file=sys.stderr)
+        return 1
     return 0
 
 

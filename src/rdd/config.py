@@ -76,7 +76,7 @@ class TrainConfig:
     def __post_init__(self):
         for key in ("iterations", "batch_size", "log_every", "ckpt_every", "sample_steps", "num_grid"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("warmup", "sample_every", "grad_clip"):
+        for key in ("warmup", "sample_every", "grad_clip", "seed"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         _positive("train.lr", self.lr)
         _check_choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
@@ -184,7 +184,7 @@ class EvalConfig:
     reference_cache: str | None = None
 
     def __post_init__(self):
-        _at_least("eval.num_samples", self.num_samples, 2)  # a covariance (FD) needs two samples
+        _at_least("eval.num_samples", self.num_samples, 10)  # IS averages over 10 splits, FD needs a covariance
         _at_least("eval.batch_size", self.batch_size, 1)
 
 
@@ -203,6 +203,9 @@ class ExperimentConfig:
         # network brings a size that fits its own blocks.
         if self.model.name != "diffusers":
             _check("data.resolution", self.data.resolution, self.data.resolution % 8 == 0, "a multiple of 8 (at least 8)")
+
+
+INT_LIMIT = 2**31 - 1
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -262,6 +265,8 @@ def _coerce(value, tp, where: str):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected int, got {value!r}")
+    if tp is int and isinstance(value, int) and abs(value) > INT_LIMIT:  # seeds, counts and sizes all fit in 32 bits
+        raise ConfigError(f"{where} is {value}; too large (at most {INT_LIMIT:,})")
     if not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
@@ -319,12 +324,16 @@ def _merge(base: dict, delta: dict) -> dict:
 def read_yaml_config(path: str | Path, seen: tuple = ()) -> dict:
     """A YAML config as a mapping, with its `base:` chain resolved (paths relative to the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; pass a YAML file in it, e.g. configs/fmnist/teacher.yaml")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/fmnist/teacher.yaml")
     if path.resolve() in seen:
         raise ConfigError(f"config file '{path}' includes itself through `base:`; remove the cycle")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not a text file (not UTF-8); pass a YAML config") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):

@@ -152,6 +152,14 @@ def imagenet64(cfg: DataConfig, split: str) -> Dataset:
 
 
 DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet64": imagenet64}
+CLASS_COUNTS = {"fashion_mnist": 10, "cifar10": 10, "imagenet64": 1000}
+
+
+def class_count(cfg: DataConfig) -> int:
+    """How many labels the data set has (a classifier's outputs, a conditional model's largest class count)."""
+    if cfg.dataset not in CLASS_COUNTS:
+        raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(CLASS_COUNTS)}")
+    return CLASS_COUNTS[cfg.dataset]
 
 
 def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:

@@ -37,7 +37,8 @@ class MetricsLog:
         """Drop lines logged after `step`, so a resumed run does not log a step twice."""
         if not (self.enabled and self.path.is_file()):
             return
-        lines = [line for line in self.path.read_text().splitlines() if (at := _step(line)) is not None and at <= step]
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        lines = [line for line in text.splitlines() if (at := _step(line)) is not None and at <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps the old log whole
         tmp.write_text("".join(line + "\n" for line in lines))
         os.replace(tmp, self.path)
@@ -47,15 +48,24 @@ class MetricsLog:
             self.tb.close()
 
 
-def _step(line: str) -> int | None:
+def _record(line: str) -> dict | None:
+    """A log line as a record with an integer step, or None for a line that is not one (blank, cut
+    short by a kill in the middle of a write, or written by something else)."""
     try:
-        return json.loads(line)["step"]
-    except json.JSONDecodeError:
-        return None  # blank, or cut short by a kill in the middle of a write
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def _step(line: str) -> int | None:
+    record = _record(line)
+    return None if record is None else record["step"]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    return [record for line in text.splitlines() if (record := _record(line)) is not None]
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:

@@ -48,7 +48,24 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
 
 
-def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+IS_SPLITS = 10
+MIN_SAMPLES = IS_SPLITS  # IS averages over 10 splits, FD needs a covariance: fewer cannot be computed
+
+
+def check_sample_count(num: int, flag: str = "--num") -> None:
+    if num < MIN_SAMPLES:
+        raise RddError(f"{flag} {num}: FD and IS need at least {MIN_SAMPLES} samples (IS averages over {IS_SPLITS} splits); "
+                       "use thousands for numbers worth comparing")
+
+
+def check_finite_result(result: dict, num: int) -> None:
+    """Numbers that could not be computed are refused, never written as nan."""
+    bad = [key for key, value in result.items() if isinstance(value, float) and not np.isfinite(value)]
+    if bad:
+        raise RddError(f"{', '.join(bad)} could not be computed from {num} samples (nan or inf); use more samples (--num)")
+
+
+def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
     """exp(E KL(p(y|x) || p(y))) per split of the logits: (mean, std) over splits."""
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
@@ -91,7 +108,8 @@ def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
         raise RddError(f"evaluation network '{path}' not found; pass a checkpoint of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")
     state = load_checkpoint(path)
     if state.get("arch") != "evalnet-cnn":
-        raise RddError(f"'{path}' is not an evaluation network (arch {state.get('arch')!r}); train one with `rdd train-evalnet`")
+        what = f"a {state.get('arch')!r} classifier" if state.get("kind") == "classifier" else f"a {state.get('kind', 'plain')} checkpoint"
+        raise RddError(f"'{path}' is {what}, not an evaluation network; pass one of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")
     if (state["in_channels"], state["resolution"]) != (data.channels, data.resolution):
         raise RddError(f"evalnet '{path}' was trained on {state['in_channels']}x{state['resolution']}x{state['resolution']} images, "
                        f"the model makes {data.channels}x{data.resolution}x{data.resolution}; train an evalnet with the same data config")
@@ -119,10 +137,13 @@ def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str 
     cache = Path(cache) if cache else Path(evalnet_path).parent / default_name
     key = reference_key(evalnet_path, data, split)
     if cache.is_file():
-        with np.load(cache) as f:
-            if str(f["key"]) == key:
-                return f["mu"], f["sigma"]
-        print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
+        try:
+            with np.load(cache) as f:
+                if str(f["key"]) == key:
+                    return f["mu"], f["sigma"]
+            print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
+        except (OSError, ValueError, KeyError, EOFError):  # damaged, or not one of ours: it is only a cache
+            print(f"reference cache '{cache}' is damaged or not an rdd reference cache; recomputing it")
     evalnet = load_evalnet(evalnet_path, data, device)
     features, _ = evalnet_outputs(evalnet, load_dataset(data, split), batch_size, progress)
     mu, sigma = feature_statistics(features)
@@ -205,8 +226,8 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     from rdd.sampling import generate, resolve_steps
     from rdd.training import load_diffusion_model
 
-    if num_samples is not None and num_samples < 2:
-        raise RddError(f"--num {num_samples}: the Fréchet distance needs at least 2 samples (thousands for a stable one)")
+    if num_samples is not None:
+        check_sample_count(num_samples)
     if batch_size is not None and batch_size < 1:
         raise RddError(f"--batch-size {batch_size}: use at least 1")
     device = device or default_device()
@@ -240,6 +261,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"
         result.update(inception_metrics(images, load_dataset(cfg.data, "train"), inception_weights, cache_root,
                                         inception_cache_name(inception_weights, cfg.data), progress=progress))
+    check_finite_result(result, num_samples)
     return result
 
 
@@ -258,7 +280,8 @@ def cmd_eval(args) -> None:
     from rdd.rundir import check_output_path
 
     if args.json:
-        check_output_path(args.json, "--json")
+        check_output_path(args.json, "--json", {"checkpoint": args.ckpt, "evalnet": args.evalnet,
+                                                "Inception weights": args.inception_weights})
     result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
                                  args.evalnet, args.inception_weights, args.reference_cache)
     print(format_result(result))

@@ -100,6 +100,8 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
     from rdd.training import load_diffusion_model
 
     root = Path(root)
+    if not root.is_dir():
+        raise RddError(f"report folder '{root}' not found; point rdd report at a folder of rdd train/distill runs")
     models = find_models(root)
     if not models:
         raise RddError(f"no {MODEL_FILE} under '{root}'; point rdd report at a folder of rdd train/distill runs")

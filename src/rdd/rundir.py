@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from rdd.config import ExperimentConfig, to_dict
@@ -39,9 +40,25 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def check_output_path(path: str | Path, flag: str) -> None:
-    """Refuse, before any work, an output file whose folder cannot be created or written."""
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_inputs_outside(folder: str | Path, inputs: dict, flag: str = "--out") -> None:
+    """A run never writes where its inputs live: refuse an output folder that holds (or is) one of them."""
+    for name, path in inputs.items():
+        if path and (_inside(Path(path), Path(folder)) or (Path(path).is_dir() and _inside(Path(folder), Path(path)))):
+            raise RddError(f"{flag} '{folder}' holds this run's {name} '{path}', which the run could overwrite; "
+                           f"choose another {flag}")
+
+
+def check_output_path(path: str | Path, flag: str, inputs: dict | None = None) -> None:
+    """Refuse, before any work, an output file that is one of the inputs or whose folder cannot be written."""
     path = Path(path)
+    for name, source in (inputs or {}).items():
+        if source and Path(source).exists() and _inside(Path(source), path):
+            raise RddError(f"{flag} '{path}' is this command's {name}; write to another file")
     if path.is_dir():
         raise RddError(f"{flag} '{path}' is a folder; pass a file name")
     folder = path.parent
@@ -49,6 +66,12 @@ def check_output_path(path: str | Path, flag: str) -> None:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise RddError(f"cannot write {flag} '{path}': '{folder}' is not a writable folder; choose another path")
+    try:  # permissions do not tell root about a read-only or virtual file system; a real write does
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".rdd-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RddError(f"cannot write {flag} '{path}': '{folder}' does not take files ({e.strerror}); choose another path") from None
 
 
 def digest(path: str | Path) -> str:
@@ -64,10 +87,15 @@ def digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def run_kind(meta: dict) -> str:
+    """Which command's run a folder holds: train (a base model), distill, or meta's own kind."""
+    return meta.get("kind") or ("train" if meta.get("method") in (None, "base") else "distill")
+
+
 def manifest(cfg: ExperimentConfig, meta: dict, iterations: int) -> dict:
     """What run.json records; `defining_settings` picks from it what a resume must keep."""
     files = {key: {"path": str(meta[key]), "sha256": digest(meta[key])} for key in INPUT_FILES if meta.get(key)}
-    return {"config": to_dict(cfg), "meta": {k: v for k, v in meta.items() if k not in files},
+    return {"kind": run_kind(meta), "config": to_dict(cfg), "meta": {k: v for k, v in meta.items() if k not in files},
             "files": files, "iterations": iterations}
 
 
@@ -106,9 +134,12 @@ def read_manifest(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        recorded = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RddError(f"'{path}' is damaged (not JSON); start the run over with --overwrite") from None
+    if not isinstance(recorded, dict) or not {"config", "meta", "files"} <= recorded.keys():
+        raise RddError(f"'{path}' is not an rdd run record (no config, meta and files); start the run over with --overwrite")
+    return recorded
 
 
 def check_same_run(folder: Path, expected: dict, what: str) -> None:
@@ -161,6 +192,15 @@ def remove_stale_temp_files(folder: Path) -> None:
 def _prepare(folder: Path, expected: dict, resume: bool, overwrite: bool) -> None:
     remove_stale_temp_files(folder)
     exists = (folder / MANIFEST).is_file() or (folder / TRAIN_STATE).is_file()
+    foreign = [name for name in OUTPUTS if (folder / name).exists()] if not (folder / MANIFEST).is_file() else []
+    if foreign:  # files a run would write, but no run record says an rdd run of this kind wrote them
+        raise RddError(f"'{folder}' already holds {', '.join(foreign)}, which no rdd run recorded; "
+                       "move them away or choose another --out (nothing was changed)")
+    recorded = read_manifest(folder)
+    kind = expected.get("kind", "train")
+    if recorded is not None and recorded.get("kind", run_kind(recorded["meta"])) != kind:
+        raise RddError(f"'{folder}' holds a {recorded.get('kind', run_kind(recorded['meta']))} run, not a {kind} run; "
+                       "--overwrite and --resume only touch a run of the same command; choose another --out")
     if overwrite:
         for name in OUTPUTS:
             path = folder / name
@@ -181,6 +221,9 @@ def open_run(folder: Path, expected: dict | None, ctx: DistContext, *, resume: b
     lock, error = None, None
     if ctx.is_main:
         try:
+            check_inputs_outside(folder, {name: f["path"] for name, f in expected["files"].items()})
+            if folder.exists() and not folder.is_dir():
+                raise RddError(f"--out '{folder}' is a file, not a run folder; pass another --out")
             lock = RunLock(folder)
             _prepare(folder, expected, resume, overwrite)
         except RddError as e:

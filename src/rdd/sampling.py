@@ -13,6 +13,7 @@ from rdd.errors import RddError
 from rdd.logging import save_grid
 
 DEFAULT_TEACHER_STEPS = 64
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the grid writer (PIL) is asked for by name
 
 
 def noise_batches(num: int, shape: tuple[int, ...], seed: int, batch_size: int, num_classes: int = 0):
@@ -77,9 +78,11 @@ def sample_command(args) -> None:
         raise RddError(f"--num {args.num}: sample at least 1 image")
     if args.batch_size < 1:
         raise RddError(f"--batch-size {args.batch_size}: use at least 1")
-    for path, flag in ((args.out, "--out"), (args.npz, "--npz")):
+    for path, flag, suffixes in ((args.out, "--out", GRID_SUFFIXES), (args.npz, "--npz", (".npz",))):
         if path:
-            check_output_path(path, flag)
+            check_output_path(path, flag, {"checkpoint": args.ckpt})
+            if Path(path).suffix.lower() not in suffixes:
+                raise RddError(f"{flag} '{path}' has an unknown extension; end it in {' or '.join(suffixes)}")
     device = default_device()
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)

@@ -105,6 +105,9 @@ def run_config(spec: SweepSpec, run: RunSpec):
 
 def check_sweep(spec: SweepSpec) -> list[RunSpec]:
     """Every run's config and every path, checked before the first run starts."""
+    from rdd.rundir import check_inputs_outside
+
+    check_inputs_outside(spec.out, {"teacher": spec.teacher, "evaluation network": spec.evalnet})
     if not Path(spec.teacher).is_file():
         raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt)")
     if not spec.evalnet or not Path(spec.evalnet).is_file():
@@ -302,7 +305,11 @@ def cmd_sweep(args) -> None:
                      reference=args.reference, holdout=args.holdout, record=args.record)
     if args.jobs < 1:
         raise RddError(f"--jobs {args.jobs}: run at least one process")
-    if spec.eval_samples < 2:
-        raise RddError(f"--eval-samples {spec.eval_samples}: FD needs at least 2 samples")
+    from rdd.metrics import check_sample_count
+
+    check_sample_count(spec.eval_samples, "--eval-samples")
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    if not threads.isdigit() or int(threads) < 1:
+        raise RddError(f"OMP_NUM_THREADS={threads!r} is not a thread count; set it to a positive integer (1 per run)")
     out = run_sweep(spec, args.jobs)
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and plots")

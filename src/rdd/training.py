@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from rdd import rundir
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, require_keys, save_checkpoint
 from rdd.config import ExperimentConfig, to_dict
-from rdd.data import ResumableSampler, load_dataset, random_hflip
+from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
 from rdd.diffusion import ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
@@ -90,7 +90,13 @@ class Batches:
     """Endless (x, labels) batches in a resumable order: the position is (epoch, batches taken)."""
 
     def __init__(self, cfg: ExperimentConfig, ctx: DistContext, per_rank_batch: int):
+        if cfg.model.num_classes > class_count(cfg.data):
+            raise RddError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dataset} has {class_count(cfg.data)} "
+                           f"classes; set model.num_classes to at most {class_count(cfg.data)} (0: unconditional)")
         dataset = load_dataset(cfg.data, "train")
+        if len(dataset) // ctx.world < per_rank_batch:  # drop_last would leave no batch: an endless loop
+            raise RddError(f"train.batch_size {per_rank_batch * ctx.world} is larger than the {len(dataset)} training images of "
+                           f"{cfg.data.dataset}{f' over {ctx.world} processes' if ctx.world > 1 else ''}; lower train.batch_size")
         self.sampler = ResumableSampler(len(dataset), cfg.train.seed, ctx.rank, ctx.world)
         self.loader_args = dict(dataset=dataset, batch_size=per_rank_batch, sampler=self.sampler, drop_last=True,
                                 num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
@@ -143,18 +149,23 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     defining settings, `overwrite` deletes it first.
     """
     out_dir = Path(out_dir)
+    if 0 < iterations <= cfg.train.warmup:
+        raise RddError(f"train.warmup {cfg.train.warmup} is not shorter than the run ({iterations} iterations); "
+                       "lower train.warmup or train longer")
+    if cfg.train.batch_size % ctx.world:
+        raise RddError(f"train.batch_size {cfg.train.batch_size} does not split over {ctx.world} processes; "
+                       f"use a multiple of {ctx.world}")
+    batches = Batches(cfg, ctx, cfg.train.batch_size // ctx.world)  # checked before the folder is touched
     expected = rundir.manifest(cfg, meta, iterations) if ctx.is_main else None
     with rundir.open_run(out_dir, expected, ctx, resume=resume, overwrite=overwrite) or nullcontext():
-        return _train(cfg, model, objective, out_dir, ctx, expected, iterations=iterations, lr=lr, meta=meta,
+        return _train(cfg, model, objective, out_dir, ctx, expected, batches, iterations=iterations, lr=lr, meta=meta,
                       resume=resume, grid_steps=grid_steps, desc=desc)
 
 
 def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: Path, ctx: DistContext,
-           manifest: dict | None, *, iterations: int, lr: float, meta: dict, resume: bool, grid_steps: int | None,
-           desc: str) -> nn.Module:
+           manifest: dict | None, batches: Batches, *, iterations: int, lr: float, meta: dict, resume: bool,
+           grid_steps: int | None, desc: str) -> nn.Module:
     tc = cfg.train
-    if tc.batch_size % ctx.world:
-        raise RddError(f"train.batch_size {tc.batch_size} does not split over {ctx.world} processes; use a multiple of {ctx.world}")
     # Read and checked before anything is written: a refused resume leaves the folder as it was.
     state_path = out_dir / TRAIN_STATE
     state = load_checkpoint(state_path) if resume and state_path.is_file() else None
@@ -179,7 +190,6 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
     optimizer = torch.optim.Adam(params, lr=lr)
     objective_optimizer = torch.optim.Adam([p for p in trainable if id(p) in separate], lr=lr) if separate else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
-    batches = Batches(cfg, ctx, tc.batch_size // ctx.world)
     log = MetricsLog(out_dir, enabled=ctx.is_main)
     step, saved_step = 0, None
 
@@ -316,6 +326,9 @@ def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, Exp
 
         return load_diffusers_folder(path, device)
     state = load_checkpoint(path)
+    if state.get("kind", "diffusion") != "diffusion":
+        raise RddError(f"'{path}' is a {state['kind']} checkpoint, not a diffusion model; pass a model.pt written by "
+                       "rdd train or rdd distill")
     if "config" not in state or not ("model" in state or "ema" in state):
         raise RddError(f"checkpoint '{path}' is not an rdd diffusion checkpoint (no config/model); pass a model.pt written by rdd train or rdd distill")
     cfg = from_dict(state["config"])
