@@ -229,6 +229,8 @@ CASES = [
          "not found"),
     Case("classifier is a diffusion model", DISTILL.replace("--method pd", "--method rcfd").replace("{classifier}", "{teacher}")
          + " --out {tmp}/o", "not a classifier"),
+    Case("classifier is the evaluation network", DISTILL.replace("--method pd", "--method rcfd").replace("{classifier}", "{evalnet}")
+         + " --out {tmp}/o", "is the evaluation network"),
     Case("classifier random bytes", DISTILL.replace("--method pd", "--method rcfd").replace("{classifier}", "{tmp}/x.pt")
          + " --out {tmp}/o", "corrupt", setup="random_bytes"),
     Case("out is a file", TRAIN + " --out {tmp}/run", "file", setup="out_is_file"),

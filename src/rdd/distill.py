@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rdd.checkpoint import load_checkpoint
-from rdd.classifier import load_classifier
+from rdd.classifier import FeatureClassifier, load_classifier
 from rdd.config import DistillConfig, ExperimentConfig
 from rdd.diffusion import check_halving
 from rdd.distributed import DistContext, barrier
@@ -112,6 +112,9 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     cfg, teacher, meta, iterations = plan_stage(cfg, teacher_path, ctx.device, stage_index)
     check_lpips_weights(cfg.distill)
     classifier = load_classifier(meta["classifier"], ctx.device) if "classifier" in meta else None
+    if classifier is not None and not isinstance(classifier, FeatureClassifier):
+        raise RddError(f"classifier.checkpoint '{meta['classifier']}' is the evaluation network; distilling through it would "
+                       "grade the student with its own teacher: pass the distillation classifier (rdd train-classifier)")
     objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier).to(ctx.device)
     student = student_copy(teacher).train().requires_grad_(True)
     return Stage(cfg, student, objective, iterations, meta)
