@@ -6,14 +6,18 @@ import pytest
 from conftest import ROOT
 from rdd.demo import ASSETS, verify_assets
 from rdd.metrics import evaluate_checkpoint
+from rdd.training import load_diffusion_model
 
 pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
 
 def test_shipped_models_match_their_checksums_and_stay_small():
     files = verify_assets(ASSETS)
-    assert set(files) == {"two_step", "classifier", "evalnet"}
-    assert sum(p.stat().st_size for p in files.values()) < 20e6
+    assert set(files) == {"two_step", "classifier", "evalnet", "base", "eight_step"}
+    assert sum(p.stat().st_size for p in files.values()) < 25e6
+    for name in ("base", "eight_step", "two_step"):  # each loads as a diffusion model with its step count
+        _, _, meta = load_diffusion_model(files[name])
+        assert meta["sampling_steps"] == {"base": None, "eight_step": 8, "two_step": 2}[name]
 
 
 def test_eval_of_the_shipped_two_step_model_reproduces_the_recorded_fd(tmp_path):
