@@ -1,8 +1,8 @@
 """Distillation step profile: iterations per second of one step of each method, and where the time goes.
 
-For each method the script times (1) the real step, `objective(student, x, None)` then the training loop's
-zero_grad, backward, grad norm and clip, finiteness check, Adam, scheduler and EMA (rdd.training.fit,
-without data loading and logging), and (2) a profiled step that runs the objective's operations in
+For each method the script times (1) the real step, `rdd.training.Trainer.train_step`: the one step of
+rdd.training.fit (objective, backward, gradient average and clip, finiteness check, Adam, scheduler, EMA)
+without data loading and logging, and (2) a profiled step that runs the objective's operations in
 the same order (rdd.methods.DistillationObjective.__call__), timing each phase with
 time.perf_counter (on a GPU each phase ends with a synchronize). The backward pass is split in stages with
 torch.autograd.grad: loss terms -> the classifier's feature map (or x-hat for PD), through the
@@ -40,7 +40,9 @@ from rdd.diffusion import sample_student_times, teacher_two_step_target
 from rdd.distill import per_stage, stage_config
 from rdd.methods import METHODS, DistillationObjective, DistillBatch, MP2PTerm, needs_classifier
 from rdd.networks import build_model, student_copy
-from rdd.training import EMA, load_diffusion_model, lr_factor
+from rdd.distributed import DistContext
+from rdd import training
+from rdd.training import load_diffusion_model
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~ (no grad)",
@@ -48,7 +50,7 @@ NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~
 PHASES = ["noise z_t", NETWORK_PHASES[0], NETWORK_PHASES[1], NETWORK_PHASES[2], NETWORK_PHASES[3],
           "loss pd", "loss lpips", "loss cfd", "loss ii_p2p", "loss is_p2p", "loss m_p2p (head + relations)",
           "queue push", "queue draw", "losses backward", NETWORK_PHASES[4], NETWORK_PHASES[5],
-          "grad norm + clip + finite check", "Adam + scheduler", "EMA"]
+          "grad norm + clip", "Adam + scheduler + EMA"]
 
 
 @dataclasses.dataclass
@@ -128,54 +130,25 @@ class Trainer:
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
             self.x = x.contiguous(memory_format=torch.channels_last)
-        self.ema = EMA(self.student, cfg.train.ema_decay)
-        separately_optimized = getattr(objective, "separately_optimized", [])  # as fit reads it
-        separate = {id(p) for p in separately_optimized}
-        trainable = [p for p in objective.modules.parameters() if p.requires_grad]
-        self.params = list(student.parameters()) + [p for p in trainable if id(p) not in separate]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.train.lr)
-        self.head_optimizer = torch.optim.Adam(separately_optimized, lr=cfg.train.lr) if separate else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg.train.warmup, iterations, cfg.train.lr_schedule))
+        # The loop's own state and step (rdd.training.Trainer): optimisers, schedule, clip, EMA.
+        self.core = training.Trainer(cfg, student, objective, DistContext(0, 1, self.device), iterations=iterations, lr=cfg.train.lr)
+        self.core.autocast = self.autocast()  # on any device here, so that bf16 can be timed on a CPU too
         self.model = self.student  # what the objective runs: the student, or its compiled version
         if args.compile:
             self.model = torch.compile(self.student, backend=args.compile_backend)
             for name, net in zip(("teacher", "classifier"), networks):
                 if net is not None:
                     setattr(objective, name, torch.compile(net, backend=args.compile_backend))
+        self.core.train_model = self.model
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.head_optimizer is not None:
-            self.head_optimizer.zero_grad(set_to_none=True)
-
-    def clip(self, loss: torch.Tensor) -> None:
-        grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if self.cfg.train.grad_clip > 0:
-            nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, grad_norm)
-        if not (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).int().item():
-            raise RuntimeError("the loss or its gradient is not finite")
-
-    def update(self) -> None:
-        self.optimizer.step()
-        if self.head_optimizer is not None:
-            self.head_optimizer.step()
-        self.scheduler.step()
 
     def step(self) -> float:
         """One real step; returns its seconds."""
         synchronize(self.device)
         start = time.perf_counter()
-        with self.autocast():
-            loss, _ = self.objective(self.model, self.x, None)
-        self.zero_grad()
-        loss.backward()
-        self.clip(loss)
-        self.update()
-        self.ema.update(self.student)
+        self.core.train_step(self.x, None)
         synchronize(self.device)
         return time.perf_counter() - start
 
@@ -223,7 +196,7 @@ class Trainer:
         finally:
             for term in (term for _, _, term in obj.terms if isinstance(term, MP2PTerm)):
                 del term.queue.push, term.queue.draw
-        self.zero_grad()
+        self.core.zero_grad()
         # Backward in stages: the losses (and projection head) down to the classifier's feature map,
         # through the classifier to x-hat, through the student.
         x_student = batch.x_student
@@ -241,12 +214,10 @@ class Trainer:
             lap("losses backward")
         x_student.backward(g_x)
         lap(NETWORK_PHASES[5])
-        self.clip(loss)
-        lap("grad norm + clip + finite check")
-        self.update()
-        lap("Adam + scheduler")
-        self.ema.update(self.student)
-        lap("EMA")
+        self.core.clip_gradients()
+        lap("grad norm + clip")
+        self.core.update()
+        lap("Adam + scheduler + EMA")
         return times
 
 
@@ -294,7 +265,7 @@ def print_tables(config: str, setup: Setup, results: list[dict], skipped: list[s
     for r in results:
         p = r["phases"]
         losses = sum(v for k, v in p.items() if k.startswith(("loss ", "queue"))) + p["losses backward"]
-        bookkeeping = p["grad norm + clip + finite check"] + p["Adam + scheduler"] + p["EMA"]
+        bookkeeping = p["grad norm + clip"] + p["Adam + scheduler + EMA"]
         print(f"| {r['method']} | {ms(r['step'])} | {1 / r['step']:.2f} | {ms(r['network'])} | "
               f"{r['ratio']:.3f} | {r['profiled_ratio']:.3f} | {ms(losses)} | {ms(bookkeeping)} |")
     for method in skipped:

@@ -162,11 +162,183 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
                       resume=resume, grid_steps=grid_steps, desc=desc)
 
 
-def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: Path, ctx: DistContext,
-           manifest: dict | None, batches: Batches, *, iterations: int, lr: float, meta: dict, resume: bool,
-           grid_steps: int | None, desc: str) -> nn.Module:
-    tc = cfg.train
-    # Read and checked before anything is written: a refused resume leaves the folder as it was.
+class Trainer:
+    """One run's trainable state and its step: the model (DDP-wrapped under torchrun), its EMA, the
+    objective's trainable parts, the optimisers and the LR schedule. `state_dict`/`load_state_dict`
+    are what a checkpoint holds of it; `train_step` is the loop's one step (benchmarks time it too)."""
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, objective: Objective, ctx: DistContext, *,
+                 iterations: int, lr: float):
+        tc = cfg.train
+        self.cfg, self.ctx, self.objective, self.step = cfg, ctx, objective, 0
+        self.model = model.to(ctx.device)
+        objective.modules.to(ctx.device)
+        if ctx.world > 1 and ctx.device.type == "cuda":
+            objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
+        broadcast_module(objective.modules)  # like DDP for the model: every rank starts from rank 0's head and queue
+        # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
+        self.train_model = DistributedDataParallel(model) if ctx.world > 1 else model
+        self.ema = EMA(model, tc.ema_decay)
+        self.trainable = [p for p in objective.modules.parameters() if p.requires_grad]
+        # The public RDD code trains its projection head with its own Adam at a constant lr, outside the clip.
+        separate = {id(p) for p in getattr(objective, "separately_optimized", [])}
+        self.params = list(model.parameters()) + [p for p in self.trainable if id(p) not in separate]
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        own = [p for p in self.trainable if id(p) in separate]
+        self.objective_optimizer = torch.optim.Adam(own, lr=lr) if own else None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and ctx.device.type == "cuda")
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+                "objective": self.objective.modules.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "objective_optimizer": self.objective_optimizer.state_dict() if self.objective_optimizer else None}
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        load_module_state(self.model, state["model"], path, "model")
+        load_module_state(self.ema.model, state["ema"], path, "EMA")
+        load_module_state(self.objective.modules, state["objective"], path, "objective")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.objective_optimizer is not None:
+            self.objective_optimizer.load_state_dict(state["objective_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+
+    def nonfinite_weight(self) -> str | None:
+        return first_nonfinite(self.model.state_dict()) or first_nonfinite(self.ema.model.state_dict())
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.objective_optimizer is not None:
+            self.objective_optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """Gradients of `loss`, averaged over processes and clipped; returns their norm before the clip."""
+        self.zero_grad()
+        loss.backward()
+        return self.clip_gradients()
+
+    def clip_gradients(self) -> torch.Tensor:
+        if self.ctx.world > 1 and self.trainable:
+            for p in self.trainable:  # objective parts live outside DDP: average their gradients by hand
+                dist.all_reduce(p.grad)
+                p.grad /= self.ctx.world
+        grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if self.cfg.train.grad_clip > 0:
+            nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, grad_norm)
+        return grad_norm
+
+    def update(self) -> None:
+        self.optimizer.step()
+        if self.objective_optimizer is not None:
+            self.objective_optimizer.step()
+        self.scheduler.step()
+        average_batchnorm_stats(self.objective.modules)
+        self.ema.update(self.model)
+        self.step += 1
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """Loss, backward and update; raises NonFiniteStep, before the update, at a nan or inf on any process."""
+        with self.autocast:
+            loss, logs = self.objective(self.train_model, x, labels)
+        grad_norm = self.backward(loss)
+        finite = (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).int()
+        if self.ctx.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # a nan on any rank stops them all
+        if not finite.item():
+            terms = {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: float(v) for k, v in logs.items()}}
+            raise NonFiniteStep(", ".join(f"{k} {v:.4g}" for k, v in terms.items()))
+        self.update()
+        return loss, logs, grad_norm
+
+
+class NonFiniteStep(Exception):
+    """The loss or its gradient was nan or inf; nothing was updated."""
+
+
+class RunWriter:
+    """What a run writes besides its weights: checkpoints, the metrics log, grids, snapshots and the model."""
+
+    def __init__(self, cfg: ExperimentConfig, trainer: Trainer, batches: Batches, out_dir: Path, meta: dict,
+                 grid_steps: int, lr: float):
+        self.cfg, self.trainer, self.batches, self.out_dir, self.meta, self.lr = cfg, trainer, batches, out_dir, meta, lr
+        self.ctx = trainer.ctx
+        self.state_path = out_dir / TRAIN_STATE
+        self.saved_step = None
+        self.log = MetricsLog(out_dir, enabled=self.ctx.is_main)
+        tc, device = cfg.train, self.ctx.device
+        grid_gen = torch.Generator().manual_seed(1234)
+        self.grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution,
+                                      generator=grid_gen).to(device)
+        self.grid_labels = (torch.arange(tc.num_grid, device=device) % cfg.model.num_classes) if cfg.model.num_classes else None
+        self.grid_steps = grid_steps or tc.sample_steps
+
+    def diverged(self, at_step: int, what: str) -> RddError:
+        kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
+                else "no checkpoint was written")
+        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(self.cfg, self.lr, self.meta)}, "
+                        f"then start over with --overwrite; {kept}")
+
+    def check_weights(self, at_step: int) -> None:
+        """Every rank holds the same weights, so every rank stops together."""
+        bad = self.trainer.nonfinite_weight()
+        if bad:
+            raise self.diverged(at_step, f"weight '{bad}' holds nan or inf after the update")
+
+    def save(self, at_step: int) -> None:
+        self.check_weights(at_step)
+        rng = all_gather_objects(_rng_state())
+        if self.ctx.is_main:
+            save_checkpoint({**self.trainer.state_dict(), "rng": rng, "data": self.batches.state(),
+                             "config": to_dict(self.cfg), "meta": self.meta}, self.state_path)
+        self.saved_step = at_step
+
+    def resume(self, state: dict) -> None:
+        self.trainer.load_state_dict(state, self.state_path)
+        self.saved_step = state["step"]
+        self.batches.restore(state["data"])
+        _set_rng_state(state["rng"][self.ctx.rank])
+        self.log.truncate_after(state["step"])
+
+    def write_grid(self, at_step: int) -> Path:
+        path = self.out_dir / "grids" / f"step{at_step:07d}.png"
+        if self.ctx.is_main:
+            save_grid(ddim_sample(self.trainer.ema.model, self.grid_noise, self.grid_steps, self.grid_labels), path)
+        return path
+
+    def after_step(self, done: int, iterations: int, loss, logs: dict, grad_norm, bar) -> None:
+        """The loop's hooks: log, checkpoint, grid and snapshot when each is due."""
+        tc = self.cfg.train
+        if done % tc.log_every == 0 or done == iterations:
+            values = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.trainer.scheduler.get_last_lr()[0],
+                      **{k: float(v) for k, v in logs.items()}}
+            self.log.write(done, **values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if done % tc.ckpt_every == 0 and done < iterations:
+            self.save(done)
+        if tc.sample_every and done % tc.sample_every == 0:
+            self.write_grid(done)
+        if done in tc.snapshot_at and done < iterations:
+            self.check_weights(done)
+            if self.ctx.is_main:
+                export_model(self.out_dir / "snapshots" / f"model-{done:07d}.pt", self.trainer.ema.model, self.cfg,
+                             {**self.meta, "iteration": done})
+
+    def finish(self, iterations: int) -> None:
+        self.save(iterations)
+        if self.ctx.is_main:
+            export_model(self.out_dir / MODEL_FILE, self.trainer.ema.model, self.cfg, self.meta)
+            final_grid = self.out_dir / "grids" / f"step{iterations:07d}.png"
+            if not final_grid.exists():
+                self.write_grid(iterations)
+            (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+        self.log.close()
+
+
+def _read_state(out_dir: Path, iterations: int, resume: bool) -> dict | None:
+    """The training state to resume from, checked before anything is written: a refused resume leaves the folder as it was."""
     state_path = out_dir / TRAIN_STATE
     state = load_checkpoint(state_path) if resume and state_path.is_file() else None
     if state is not None:
@@ -174,134 +346,37 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
         if state["step"] > iterations:
             raise RddError(f"the run in '{out_dir}' has done {state['step']} steps; resuming it for {iterations} would undo "
                            f"some: set the iterations to at least {state['step']}, or start over with --overwrite")
-    torch.manual_seed(tc.seed * 1000 + ctx.rank)
-    model = model.to(ctx.device)
-    objective.modules.to(ctx.device)
-    if ctx.world > 1 and ctx.device.type == "cuda":
-        objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
-    broadcast_module(objective.modules)  # like DDP for the model: every rank starts from rank 0's head and queue
-    # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
-    train_model = DistributedDataParallel(model) if ctx.world > 1 else model
-    ema = EMA(model, tc.ema_decay)
-    trainable = [p for p in objective.modules.parameters() if p.requires_grad]
-    # The public RDD code trains its projection head with its own Adam at a constant lr, outside the clip.
-    separate = {id(p) for p in getattr(objective, "separately_optimized", [])}
-    params = list(model.parameters()) + [p for p in trainable if id(p) not in separate]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    objective_optimizer = torch.optim.Adam([p for p in trainable if id(p) in separate], lr=lr) if separate else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
-    log = MetricsLog(out_dir, enabled=ctx.is_main)
-    step, saved_step = 0, None
+    return state
 
+
+def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: Path, ctx: DistContext,
+           manifest: dict | None, batches: Batches, *, iterations: int, lr: float, meta: dict, resume: bool,
+           grid_steps: int | None, desc: str) -> nn.Module:
+    state = _read_state(out_dir, iterations, resume)
+    torch.manual_seed(cfg.train.seed * 1000 + ctx.rank)
+    trainer = Trainer(cfg, model, objective, ctx, iterations=iterations, lr=lr)
+    writer = RunWriter(cfg, trainer, batches, out_dir, meta, grid_steps, lr)
     if state is not None:
-        load_module_state(model, state["model"], state_path, "model")
-        load_module_state(ema.model, state["ema"], state_path, "EMA")
-        load_module_state(objective.modules, state["objective"], state_path, "objective")
-        optimizer.load_state_dict(state["optimizer"])
-        if objective_optimizer is not None:
-            objective_optimizer.load_state_dict(state["objective_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = saved_step = state["step"]
-        batches.restore(state["data"])
-        _set_rng_state(state["rng"][ctx.rank])
-        log.truncate_after(step)
+        writer.resume(state)
     elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()
     if ctx.is_main:
         rundir.write_json_atomic(out_dir / rundir.MANIFEST, manifest)
-
-    grid_gen = torch.Generator().manual_seed(1234)
-    grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution, generator=grid_gen).to(ctx.device)
-    grid_labels = (torch.arange(tc.num_grid, device=ctx.device) % cfg.model.num_classes) if cfg.model.num_classes else None
-    grid_steps = grid_steps or tc.sample_steps
-
-    def diverged(at_step: int, what: str) -> RddError:
-        kept = f"the last good checkpoint (step {saved_step}) stays in {state_path}" if saved_step else "no checkpoint was written"
-        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(cfg, lr, meta)}, "
-                        f"then start over with --overwrite; {kept}")
-
-    def check_weights(at_step: int) -> None:
-        """Every rank holds the same weights, so every rank stops together."""
-        bad = first_nonfinite(model.state_dict()) or first_nonfinite(ema.model.state_dict())
-        if bad:
-            raise diverged(at_step, f"weight '{bad}' holds nan or inf after the update")
-
-    def save(path_step: int) -> None:
-        nonlocal saved_step
-        check_weights(path_step)
-        rng = all_gather_objects(_rng_state())
-        if ctx.is_main:
-            save_checkpoint({
-                "model": model.state_dict(), "ema": ema.model.state_dict(), "objective": objective.modules.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": path_step,
-                "objective_optimizer": objective_optimizer.state_dict() if objective_optimizer else None,
-                "rng": rng, "data": batches.state(), "config": to_dict(cfg), "meta": meta,
-            }, state_path)
-        saved_step = path_step
-
-    def write_grid(at_step: int) -> Path:
-        path = out_dir / "grids" / f"step{at_step:07d}.png"
-        if ctx.is_main:
-            save_grid(ddim_sample(ema.model, grid_noise, grid_steps, grid_labels), path)
-        return path
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and ctx.device.type == "cuda")
-    bar = tqdm(range(step, iterations), initial=step, total=iterations, desc=desc, disable=not ctx.is_main, dynamic_ncols=True)
-    for step in bar:
+    bar = tqdm(range(trainer.step, iterations), initial=trainer.step, total=iterations, desc=desc, disable=not ctx.is_main,
+               dynamic_ncols=True)
+    for _ in bar:
         x, labels = batches.next()
         x = x.to(ctx.device, non_blocking=True)
         labels = labels.to(ctx.device) if cfg.model.num_classes else None
         if cfg.data.hflip:
             x = random_hflip(x)
-        with autocast:
-            loss, logs = objective(train_model, x, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if objective_optimizer is not None:
-            objective_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.world > 1 and trainable:
-            for p in trainable:  # objective parts live outside DDP: average their gradients by hand
-                dist.all_reduce(p.grad)
-                p.grad /= ctx.world
-        grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        if tc.grad_clip > 0:
-            nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
-        finite = (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).int()
-        if ctx.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # a nan on any rank stops them all
-        if not finite.item():
-            terms = {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: float(v) for k, v in logs.items()}}
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
-            raise diverged(step + 1, f"the loss or its gradient is not finite ({shown})")
-        optimizer.step()
-        if objective_optimizer is not None:
-            objective_optimizer.step()
-        scheduler.step()
-        average_batchnorm_stats(objective.modules)
-        ema.update(model)
-        done = step + 1
-        if done % tc.log_every == 0 or done == iterations:
-            values = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                      **{k: float(v) for k, v in logs.items()}}
-            log.write(done, **values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}")
-        if done % tc.ckpt_every == 0 and done < iterations:
-            save(done)
-        if tc.sample_every and done % tc.sample_every == 0:
-            write_grid(done)
-        if done in tc.snapshot_at and done < iterations:
-            check_weights(done)
-            if ctx.is_main:
-                export_model(out_dir / "snapshots" / f"model-{done:07d}.pt", ema.model, cfg, {**meta, "iteration": done})
-    save(iterations)
-    if ctx.is_main:
-        export_model(out_dir / MODEL_FILE, ema.model, cfg, meta)
-        final_grid = out_dir / "grids" / f"step{iterations:07d}.png"
-        if not final_grid.exists():
-            write_grid(iterations)
-        (out_dir / "samples.png").write_bytes(final_grid.read_bytes())
-    log.close()
-    return ema.model
+        try:
+            loss, logs, grad_norm = trainer.train_step(x, labels)
+        except NonFiniteStep as e:
+            raise writer.diverged(trainer.step + 1, f"the loss or its gradient is not finite ({e})") from None
+        writer.after_step(trainer.step, iterations, loss, logs, grad_norm, bar)
+    writer.finish(iterations)
+    return trainer.ema.model
 
 
 def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
