@@ -38,7 +38,8 @@ from rdd.config import ExperimentConfig, load_config
 from rdd.data import FASHION_MNIST_DEBIAN, load_dataset
 from rdd.diffusion import sample_student_times, teacher_two_step_target
 from rdd.distill import per_stage, stage_config
-from rdd.methods import METHODS, DistillationObjective, DistillBatch, MP2PTerm, needs_classifier
+from rdd.losses import M_P2P, DistillBatch
+from rdd.methods import METHODS, DistillationObjective, needs_classifier
 from rdd.networks import build_model, student_copy
 from rdd.distributed import DistContext
 from rdd import training
@@ -124,7 +125,8 @@ class Trainer:
         self.device = x.device
         objective.modules.to(self.device)  # the queue and projection head, as fit moves them
         # The networks the objective runs besides the student (a base model's loss has none).
-        networks = [getattr(objective, name, None) for name in ("teacher", "classifier")]
+        loss_fn = getattr(objective, "loss", None)  # a distillation objective's MethodLoss holds the classifier
+        networks = [getattr(objective, "teacher", None), getattr(loss_fn, "classifier", None)]
         if args.channels_last:
             for net in [*networks, student]:
                 if net is not None:
@@ -136,9 +138,10 @@ class Trainer:
         self.model = self.student  # what the objective runs: the student, or its compiled version
         if args.compile:
             self.model = torch.compile(self.student, backend=args.compile_backend)
-            for name, net in zip(("teacher", "classifier"), networks):
-                if net is not None:
-                    setattr(objective, name, torch.compile(net, backend=args.compile_backend))
+            if getattr(objective, "teacher", None) is not None:
+                objective.teacher = torch.compile(objective.teacher, backend=args.compile_backend)
+            if loss_fn is not None and loss_fn.classifier is not None:  # frozen, held outside the module tree
+                object.__setattr__(loss_fn, "classifier", torch.compile(loss_fn.classifier, backend=args.compile_backend))
         self.core.train_model = self.model
 
     def autocast(self):
@@ -167,7 +170,7 @@ class Trainer:
 
         obj, x = self.objective, self.x
         # The queue's own time is taken out of the M_P2P term's.
-        for term in (term for _, _, term in obj.terms if isinstance(term, MP2PTerm)):
+        for term in (term for term in obj.modules.values() if isinstance(term, M_P2P)):
             term.queue.push = timed(term.queue.push, "queue push", times, self.device)
             term.queue.draw = timed(term.queue.draw, "queue draw", times, self.device)
         try:
@@ -179,29 +182,29 @@ class Trainer:
                     x_target = teacher_two_step_target(obj.teacher, z_t, t, obj.teacher_steps, None,
                                                        clip=obj.fidelity.teacher_clip).float()
                 lap(NETWORK_PHASES[0])
-                batch = DistillBatch(self.model(z_t, t, None), x_target, t, obj.classifier, obj.schedule)
+                batch = DistillBatch(self.model(z_t, t, None), x_target, t, obj.loss.classifier, obj.schedule)
                 lap(NETWORK_PHASES[1])
-                if obj.classifier is not None:  # cached on the batch, so the terms reuse them
+                if obj.loss.classifier is not None:  # cached on the batch, so the terms reuse them
                     _ = batch.features_teacher
                     lap(NETWORK_PHASES[2])
                     _ = batch.features_student
                     lap(NETWORK_PHASES[3])
                 loss = 0.0
-                for name, weight, term in obj.terms:
+                for name, term in obj.modules.items():
                     queue_before = times.get("queue push", 0.0) + times.get("queue draw", 0.0)
-                    loss = loss + weight * term(batch)
+                    loss = loss + obj.loss.weights[name] * term(batch)
                     key = "loss m_p2p (head + relations)" if name == "m_p2p" else f"loss {name}"
                     lap(key)
                     times[key] -= times.get("queue push", 0.0) + times.get("queue draw", 0.0) - queue_before
         finally:
-            for term in (term for _, _, term in obj.terms if isinstance(term, MP2PTerm)):
+            for term in (term for term in obj.modules.values() if isinstance(term, M_P2P)):
                 del term.queue.push, term.queue.draw
         self.core.zero_grad()
         # Backward in stages: the losses (and projection head) down to the classifier's feature map,
         # through the classifier to x-hat, through the student.
         x_student = batch.x_student
-        head = list(obj.modules["head"].parameters()) if "head" in obj.modules else []
-        if obj.classifier is not None:
+        head = list(obj.modules["m_p2p"].head.parameters()) if "m_p2p" in obj.modules else []
+        if obj.loss.classifier is not None:
             fmap = batch.features_student.feature_map  # the pooled features derive from it
             g_map, *g_head = torch.autograd.grad(loss, [fmap, *head])
             for p, g in zip(head, g_head):

@@ -15,6 +15,6 @@ cfg = load_config(ROOT / "configs/fmnist/distill.yaml", overrides + [
 ctx = init_distributed()
 stage = build_stage(cfg, teacher, ctx)
 train_stage(stage, f"{out}/stage", ctx)
-queue = stage.objective.modules["queue"]
+queue = stage.objective.modules["m_p2p"].queue
 torch.save({"student": stage.student.state_dict(), "queue": queue.queue, "filled": queue.filled,
-            "head": stage.objective.modules["head"].state_dict()}, f"{out}/rank{ctx.rank}.pt")
+            "head": stage.objective.modules["m_p2p"].head.state_dict()}, f"{out}/rank{ctx.rank}.pt")

@@ -97,4 +97,4 @@ def test_rdd_stage_under_torchrun_keeps_weights_queue_and_head_equal_on_both_ran
         assert torch.equal(rank0["head"][key], rank1["head"][key]), key
     assert int(rank0["filled"]) == 3 * 8  # 3 steps, K = 8 pixels per step drawn from both ranks' maps (push_scope global)
     state = load_checkpoint(tmp_path / "stage" / "train_state.pt")
-    assert torch.equal(state["objective"]["queue.queue"], rank0["queue"])  # the queue travels with the checkpoint
+    assert torch.equal(state["objective"]["m_p2p.queue.queue"], rank0["queue"])  # the queue travels with the checkpoint

@@ -10,8 +10,7 @@ from conftest import ROOT, TINY, run_rdd
 from rdd.config import ConfigError, load_config
 from rdd.diffusion import ddim_step, diffuse, teacher_two_step_target
 from rdd.fidelity import PRESETS, resolve_fidelity
-from rdd.losses import PixelQueue, ProjectionHead, m_p2p_loss
-from rdd.methods import DistillBatch, MP2PTerm
+from rdd.losses import M_P2P, DistillBatch, PixelQueue, ProjectionHead, m_p2p_loss
 
 
 def distill_cfg(*overrides):
@@ -89,7 +88,7 @@ def test_push_order(push_first):
     map_s, map_t = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
     queue, head = PixelQueue(8, 4, seed=1), ProjectionHead(4).eval()
     before = queue.queue.clone()
-    term = MP2PTerm(0.1, queue, head, num_contrast=8, push_per_step=8, push_first=push_first)
+    term = M_P2P(0.1, queue, head, num_contrast=8, push_per_step=8, push_first=push_first)
     features = lambda fmap: type("Out", (), {"feature_map": fmap})()  # noqa: E731
     batch = DistillBatch(map_s, map_t, torch.ones(2))
     batch.__dict__.update(features_student=features(map_s), features_teacher=features(map_t))

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import torch
 
-from rdd.checkpoint import load_checkpoint
 from rdd.classifier import FeatureClassifier, load_classifier
-from rdd.config import DistillConfig, ExperimentConfig
+from rdd.config import ExperimentConfig
 from rdd.diffusion import check_halving
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
 from rdd.layout import stage_dir
-from rdd.methods import METHODS, DistillationObjective, needs_classifier
+from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.networks import student_copy, student_prediction_type
 from rdd.rundir import check_same_run, manifest, write_json_atomic
 from rdd.training import MODEL_FILE, fit, load_diffusion_model
@@ -79,38 +78,15 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
     meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
             "tau_cfd": per_stage(cfg.distill.tau_cfd, stage_index), "teacher": str(teacher_path),
             "fidelity": cfg.distill.fidelity, "fidelity_switches": resolve_fidelity(cfg.distill).as_dict()}
+    require_classifier(cfg)
     if needs_classifier(cfg.distill.method):
-        if not cfg.classifier.checkpoint:
-            raise RddError(f"method '{cfg.distill.method}' needs a trained classifier: set classifier.checkpoint=PATH "
-                           "(make one with `rdd train-classifier`)")
         meta["classifier"] = cfg.classifier.checkpoint
     return cfg, teacher, meta, per_stage(cfg.distill.iterations, stage_index)
 
 
-def check_lpips_weights(dc: DistillConfig) -> None:
-    """The LPIPS loss reads its backbone file as it is: refuse a damaged or wrong one here, in one line."""
-    from torchvision import models
-
-    from rdd.losses.lpips_loss import _BACKBONES
-
-    if not dc.lpips_weights or dc.lpips_net not in _BACKBONES or all(term != "lpips" for term, _ in METHODS[dc.method]):
-        return
-    builder, _, name = _BACKBONES[dc.lpips_net]
-    if not Path(dc.lpips_weights).is_file():
-        raise RddError(f"distill.lpips_weights '{dc.lpips_weights}' not found; pass torchvision's ImageNet {name} weights file")
-    weights = load_checkpoint(dc.lpips_weights)
-    with torch.device("meta"):
-        expected = getattr(models, builder)().state_dict()
-    bad = [k for k in expected if getattr(weights.get(k), "shape", None) != expected[k].shape]
-    bad += sorted(weights.keys() - expected.keys())
-    if bad:
-        raise RddError(f"distill.lpips_weights '{dc.lpips_weights}' is not torchvision's {name} state dict ({len(bad)} "
-                       f"missing, extra or reshaped tensors, e.g. '{bad[0]}'); pass its ImageNet weights file")
-
-
 def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
     cfg, teacher, meta, iterations = plan_stage(cfg, teacher_path, ctx.device, stage_index)
-    check_lpips_weights(cfg.distill)
+    check_terms(cfg.distill)
     classifier = load_classifier(meta["classifier"], ctx.device) if "classifier" in meta else None
     if classifier is not None and not isinstance(classifier, FeatureClassifier):
         raise RddError(f"classifier.checkpoint '{meta['classifier']}' is the evaluation network; distilling through it would "

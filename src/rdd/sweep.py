@@ -116,12 +116,9 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
     runs = expand(spec)
     for run in runs:
-        cfg = run_config(spec, run)
-        checkpoint = cfg.classifier.checkpoint
-        from rdd.methods import needs_classifier
+        from rdd.methods import require_classifier
 
-        if needs_classifier(cfg.distill.method) and not (checkpoint and Path(checkpoint).is_file()):
-            raise RddError(f"run {run.point} needs classifier.checkpoint; '{checkpoint}' not found")
+        require_classifier(run_config(spec, run))
     return runs
 
 

@@ -124,16 +124,13 @@ class Batches:
                 self.epoch, self.taken, self.iterator = self.epoch + 1, 0, None
 
 
-def _likely_cause(cfg: ExperimentConfig, lr: float, meta: dict) -> str:
-    """The usual reasons a loss turns nan or inf, the most specific first."""
+def _likely_cause(cfg: ExperimentConfig, lr: float, temperatures: dict[str, float]) -> str:
+    """The usual reasons a loss turns nan or inf, the most specific first; `temperatures` are the objective's."""
     if lr > 1e-2:
         return f"the learning rate {lr:g} is far too high; lower train.lr (e.g. 2e-4)"
-    if meta.get("method") not in (None, "base"):
-        dc = cfg.distill
-        taus = {"tau_cfd": meta.get("tau_cfd"), "tau_is": dc.tau_is, "tau_m": dc.tau_m, "tau_ii": dc.tau_ii}
-        for key, value in taus.items():
-            if value is not None and value < 1e-2:
-                return f"a temperature near 0 (distill.{key}={value:g}) overflows the softmax; raise it"
+    for key, value in temperatures.items():
+        if value < 1e-2:
+            return f"a temperature near 0 ({key}={value:g}) overflows the softmax; raise it"
     if cfg.train.bf16:
         return "bf16 autocast overflowed; set train.bf16=false"
     return f"the learning rate {lr:g} may be too high for this model; lower train.lr or set train.grad_clip"
@@ -278,7 +275,8 @@ class RunWriter:
     def diverged(self, at_step: int, what: str) -> RddError:
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
                 else "no checkpoint was written")
-        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(self.cfg, self.lr, self.meta)}, "
+        temperatures = getattr(self.trainer.objective, "temperatures", {})
+        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(self.cfg, self.lr, temperatures)}, "
                         f"then start over with --overwrite; {kept}")
 
     def check_weights(self, at_step: int) -> None:

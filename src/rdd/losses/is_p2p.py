@@ -5,11 +5,15 @@ extra memory grows as block x N x A^2; `is_p2p_loss_dense` is the straightforwar
 holds all N^2 A^2 relations (and their autograd graph) at once.
 """
 
+from __future__ import annotations
+
 import torch
 from torch.autograd.function import once_differentiable
 
+from rdd.losses.batch import DistillBatch
 from rdd.losses.kl import kl_rows
 from rdd.losses.pixels import unit_pixels
+from rdd.losses.term import LossTerm, TermConfig
 
 # Budget for the block's tiles. Besides them the loss holds three N*A*C tensors (student and teacher
 # embeddings, gradient). On a CPU small tiles are also the fastest (they stay in cache).
@@ -190,3 +194,23 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+class IS_P2P(LossTerm):
+    """Eq. 7: pixel-to-pixel relations across every ordered pair of images in the batch: the images
+    on this process (`local`, the public code) or the batch gathered over all processes (`global`)."""
+
+    needs_classifier = True
+    temperature_key = "distill.tau_is"
+
+    def __init__(self, tau: float, scope: str = "local"):
+        super().__init__()
+        self.tau, self.scope = tau, scope
+        self.loss = is_p2p_loss_global if scope == "global" else is_p2p_loss
+
+    @classmethod
+    def from_config(cls, config: TermConfig) -> "IS_P2P":
+        return cls(config.distill.tau_is, config.distill.is_p2p_scope)
+
+    def forward(self, b: DistillBatch) -> torch.Tensor:
+        return self.loss(b.features_student.feature_map, b.features_teacher.feature_map, self.tau)
