@@ -41,9 +41,9 @@ from rdd.distill import per_stage, stage_config
 from rdd.losses import M_P2P, DistillBatch
 from rdd.methods import METHODS, DistillationObjective, needs_classifier
 from rdd.networks import build_model, student_copy
-from rdd.distributed import DistContext
 from rdd import training
-from rdd.training import load_diffusion_model
+from rdd.distributed import DistContext
+from rdd.model_io import load_diffusion_model
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~ (no grad)",

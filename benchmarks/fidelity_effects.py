@@ -23,7 +23,7 @@ from rdd.fidelity import PRESETS
 from rdd.losses import PixelQueue, ProjectionHead, cfd_loss, is_p2p_loss, m_p2p_loss
 from rdd.losses.pixels import unit_pixels
 from rdd.tables import markdown_table
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from rdd.config import ExperimentConfig
 from rdd.errors import RddError
 from rdd.networks import build_model
 from rdd.sampling import generate
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 
 def load_or_build(path: str | None, device: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
-from rdd.distributed import DistContext, init_distributed
+from rdd.distributed import DistContext
 from rdd.layout import MODEL_FILE, stage_model
 
 
@@ -144,15 +144,16 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
                   config_path: str = "CONFIG") -> Path:
     from rdd.classifier import train_classifier
     from rdd.distill import run_progressive, run_stage
-    from rdd.metrics import evaluate_checkpoint
+    from rdd.metrics import EVALNET_FILE, evaluate_checkpoint, evalnet_in
     from rdd.training import train_base_model
 
     out = Path(bc.out)
     timings = Timings(out / "timings.json")
     classifier = out / "classifier" / "classifier.pt"
-    evalnet = out / "evalnet" / "classifier.pt"
+    evalnet = evalnet_in(out / "evalnet")
     timings.run("classifier", classifier, lambda: report_accuracy("classifier", train_classifier(load_config(bc.classifier_config), classifier.parent)))
-    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(load_config(bc.evalnet_config), evalnet.parent)))
+    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(
+        load_config(bc.evalnet_config), evalnet.parent, file_name=EVALNET_FILE)))
 
     def train_teacher():
         train_base_model(load_config(bc.teacher_config), out / "teacher", ctx, resume=True, desc="teacher")
@@ -199,11 +200,3 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
 
 def report_accuracy(name: str, result: dict) -> None:
     print(f"[benchmark] {name} test accuracy {result['test_accuracy']:.4f}")
-
-
-def cmd_benchmark(args) -> None:
-    bc = load_benchmark_config(args.config, args.overrides)
-    if args.out:
-        bc.out = args.out
-    path = run_benchmark(bc, init_distributed(), args.results, args.config)
-    print(f"wrote {path}")

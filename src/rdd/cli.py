@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -73,17 +72,115 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from rdd.diffusers_io import export_diffusers
+    from rdd.model_io import export_diffusers
 
     print(f"wrote {export_diffusers(args.ckpt, args.out)}")
 
 
-def _command(target: str):
-    """A subcommand handler named "module:function", imported only when that command runs."""
-    def run(args):
-        module, name = target.split(":")
-        return getattr(importlib.import_module(f"rdd.{module}"), name)(args)
-    return run
+def cmd_sample(args) -> None:
+    import numpy as np
+
+    from rdd.distributed import default_device
+    from rdd.logging import save_grid
+    from rdd.model_io import load_diffusion_model
+    from rdd.rundir import check_output_path
+    from rdd.sampling import GRID_SUFFIXES, generate, resolve_steps, to_uint8_nhwc
+
+    if not args.out and not args.npz:
+        raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
+    if args.num < 1:
+        raise RddError(f"--num {args.num}: sample at least 1 image")
+    if args.batch_size < 1:
+        raise RddError(f"--batch-size {args.batch_size}: use at least 1")
+    for path, flag, suffixes in ((args.out, "--out", GRID_SUFFIXES), (args.npz, "--npz", (".npz",))):
+        if path:
+            check_output_path(path, flag, {"checkpoint": args.ckpt})
+            if Path(path).suffix.lower() not in suffixes:
+                raise RddError(f"{flag} '{path}' has an unknown extension; end it in {' or '.join(suffixes)}")
+    device = default_device()
+    model, cfg, meta = load_diffusion_model(args.ckpt, device)
+    steps = resolve_steps(meta, args.steps)
+    images = generate(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device)
+    if args.out:
+        save_grid(images[:256], args.out, nrow=int(np.ceil(np.sqrt(min(len(images), 256)))))
+        print(f"wrote {args.out}")
+    if args.npz:
+        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.npz, images=to_uint8_nhwc(images))
+        print(f"wrote {args.npz} ({len(images)} images)")
+
+
+def cmd_eval(args) -> None:
+    from rdd.files import write_json_atomic
+    from rdd.metrics import evaluate_checkpoint, format_result
+    from rdd.rundir import check_output_path
+
+    if args.json:
+        check_output_path(args.json, "--json", {"checkpoint": args.ckpt, "evalnet": args.evalnet,
+                                                "Inception weights": args.inception_weights})
+    result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
+                                 args.evalnet, args.inception_weights, args.reference_cache)
+    print(format_result(result))
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+
+
+def cmd_train_evalnet(args) -> None:
+    from rdd.classifier import train_classifier
+    from rdd.config import load_config
+    from rdd.distributed import require_single_process
+    from rdd.metrics import EVALNET_FILE, EVALNET_SEED_OFFSET
+
+    require_single_process("train-evalnet")
+    cfg = load_config(args.config, args.overrides)
+    # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
+    # distillation classifier's config gets another seed, so the two networks never share one.
+    seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
+    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed, file_name=EVALNET_FILE)
+    print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
+
+
+def cmd_report(args) -> None:
+    from rdd.report import report_folder
+
+    print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed)}")
+
+
+def cmd_sweep(args) -> None:
+    from rdd.metrics import check_sample_count
+    from rdd.sweep import SweepSpec, parse_grid, parse_ints, run_sweep
+
+    spec = SweepSpec(config=args.config, teacher=args.teacher, out=args.out, grid=parse_grid(args.grid),
+                     seeds=parse_ints(args.seeds, "--seeds"), overrides=args.overrides, to=args.to,
+                     eval_at=parse_ints(args.eval_at, "--eval-at") if args.eval_at else [],
+                     eval_samples=args.eval_samples, eval_seed=args.eval_seed, evalnet=args.evalnet,
+                     reference=args.reference, holdout=args.holdout, record=args.record)
+    if args.jobs < 1:
+        raise RddError(f"--jobs {args.jobs}: run at least one process")
+    check_sample_count(spec.eval_samples, "--eval-samples")
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    if not threads.isdigit() or int(threads) < 1:
+        raise RddError(f"OMP_NUM_THREADS={threads!r} is not a thread count; set it to a positive integer (1 per run)")
+    out = run_sweep(spec, args.jobs)
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and plots")
+
+
+def cmd_benchmark(args) -> None:
+    from rdd.benchmark import load_benchmark_config, run_benchmark
+    from rdd.distributed import init_distributed
+
+    bc = load_benchmark_config(args.config, args.overrides)
+    if args.out:
+        bc.out = args.out
+    path = run_benchmark(bc, init_distributed(), args.results, args.config)
+    print(f"wrote {path}")
+
+
+def cmd_demo(args) -> None:
+    from rdd.demo import ASSETS, run_demo
+
+    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets or ASSETS)}")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -126,10 +223,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-
+def _add_training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a base (teacher) diffusion model")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run folder: checkpoints, grids, metrics.jsonl")
@@ -153,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="delete the run(s) already in --out and start over")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="folder for evalnet.pt and metrics.jsonl")
+    p.set_defaults(func=cmd_train_evalnet)
+
+
+def _add_sweep_command(sub) -> None:
     p = sub.add_parser("sweep", help="train a stage or chain over a grid of config values x seeds, evaluated along the way",
                        description="Example: rdd sweep --config configs/fmnist/distill.yaml --teacher assets/fmnist/two_step.pt "
                                    "--grid distill.beta=0.01,0.1 --grid distill.tau_m=0.1,0.4 --seeds 0,1,2 --out runs/sweep")
@@ -174,15 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="also keep each finished run's result (config, seed, FD per snapshot, wall time; "
                                     "no weights) as a small JSON in this folder; a run whose record exists is skipped")
     p.add_argument("--out", required=True, help="sweep folder")
-    p.set_defaults(func=_command("sweep:cmd_sweep"))
+    p.set_defaults(func=cmd_sweep)
 
+
+def _add_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
     _add_sampling_args(p)
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--out", help="PNG grid to write")
     p.add_argument("--npz", help=".npz of uint8 NHWC images to write")
-    p.set_defaults(func=_command("sampling:sample_command"))
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
     _add_sampling_args(p)
@@ -192,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")
     p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: beside the evalnet)")
     p.add_argument("--json", help="write the results to this JSON file")
-    p.set_defaults(func=_command("metrics:cmd_eval"))
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a model as a folder that diffusers loads (docs/diffusers.md)")
     p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
@@ -201,36 +309,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
-    p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
-    p.set_defaults(func=_command("metrics:cmd_train_evalnet"))
-
+def _add_page_commands(sub) -> None:
     p = sub.add_parser("report", help="Markdown page with table, same-noise grids and loss curves of a folder of runs")
     p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--seed", type=SEED, default=0)
-    p.set_defaults(func=_command("report:cmd_report"))
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
     p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
     _add_overrides(p)
     p.add_argument("--out", help="run folder (default: the config's out)")
     p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
-    p.set_defaults(func=_command("benchmark:cmd_benchmark"))
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with PD, RCFD and RDD, evaluate, report")
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--assets", help="folder of the shipped models and their SHA256SUMS (default: the repository's assets/fmnist)")
     _add_overrides(p)
-    p.set_defaults(func=_command("demo:cmd_demo"))
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for add_commands in (_add_training_commands, _add_sweep_command, _add_model_commands, _add_page_commands):
+        add_commands(sub)
     return parser
 
 

@@ -95,7 +95,3 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(table))
     return page
-
-
-def cmd_demo(args) -> None:
-    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets or ASSETS)}")

@@ -34,7 +34,7 @@ def _read_json(path: Path) -> dict:
 
 
 def load_diffusers_folder(path: str | Path, device="cpu"):
-    """(model, config, meta) from a diffusers folder, as rdd.training.load_diffusion_model returns them.
+    """(model, config, meta) from a diffusers folder, as rdd.model_io.load_diffusion_model returns them.
 
     The folder names no data set: the config has the UNet's image shape and the default data set; a
     distillation stage takes the data of its own config. meta's sampling_steps is None (a teacher) unless
@@ -90,18 +90,16 @@ def _scheduler_betas(schedule) -> dict:
     return {"num_train_timesteps": EXPORT_TIMESTEPS, "trained_betas": betas.tolist()}
 
 
-def export_diffusers(ckpt: str | Path, out: str | Path) -> Path:
-    """Write the model at `ckpt` (rdd model.pt or a diffusers folder) as a diffusers pipeline folder `out`."""
+def write_pipeline(model, meta: dict, out: str | Path) -> Path:
+    """Write a loaded rdd model (and its meta) as a diffusers pipeline folder `out`."""
     import diffusers
     from diffusers import DDIMScheduler
 
     from rdd import diffusers_pipeline
-    from rdd.training import load_diffusion_model
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
-    model, _, meta = load_diffusion_model(ckpt)
     # The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
     # (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T.
     scheduler = DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,

@@ -23,8 +23,11 @@ from rdd.fidelity import resolve_fidelity
 from rdd.layout import stage_dir
 from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.networks import student_copy, student_prediction_type
-from rdd.rundir import check_same_run, manifest, write_json_atomic
-from rdd.training import MODEL_FILE, fit, load_diffusion_model
+from rdd.files import write_json_atomic
+from rdd.rundir import check_same_run, manifest
+from rdd.layout import MODEL_FILE
+from rdd.model_io import load_diffusion_model
+from rdd.training import fit
 
 
 def per_stage(values: list, index: int):

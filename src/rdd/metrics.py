@@ -25,9 +25,11 @@ from rdd.config import DataConfig
 from rdd.data import load_dataset
 from rdd.distributed import default_device
 from rdd.errors import RddError
+from rdd.files import file_digest
 from rdd.sampling import to_uint8_nhwc
 
 EVALNET_SEED_OFFSET = 1000  # the evalnet never shares the distillation classifier's seed
+EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; rdd before 0.2 named it classifier.pt
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
 
 
@@ -76,11 +78,6 @@ def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------
 # Cache stamps: a cache is reused only for the same network weights and data
 
-def file_digest(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
     """Checksum of the network + the data fields that change the reference images."""
     fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip", "holdout")}
@@ -100,6 +97,12 @@ def _image_batches(images, batch_size: int):
 
 # ----------------------------------------------------------------------------------------------
 # Domain metrics with the evaluation network
+
+def evalnet_in(folder: Path) -> Path:
+    """The evaluation network a `rdd train-evalnet` run left in `folder`: evalnet.pt, or an older run's classifier.pt."""
+    old = folder / "classifier.pt"
+    return old if old.is_file() and not (folder / EVALNET_FILE).is_file() else folder / EVALNET_FILE
+
 
 def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
     from rdd.classifier import load_classifier
@@ -224,7 +227,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     it (default: beside the evalnet and the Inception weights)."""
     from rdd.baselines import nfe
     from rdd.sampling import generate, resolve_steps
-    from rdd.training import load_diffusion_model
+    from rdd.model_io import load_diffusion_model
 
     if num_samples is not None:
         check_sample_count(num_samples)
@@ -274,32 +277,3 @@ def format_result(r: dict) -> str:
         parts.append(f"FID {r['fid']:.3f}  IS {r['isc']:.3f} ± {r['isc_std']:.3f}  KID {r['kid']:.5f} ± {r['kid_std']:.5f}")
     parts.append(f"sampling {r['sampling_seconds']:.1f}s")
     return " | ".join(parts)
-
-
-def cmd_eval(args) -> None:
-    from rdd.rundir import check_output_path
-
-    if args.json:
-        check_output_path(args.json, "--json", {"checkpoint": args.ckpt, "evalnet": args.evalnet,
-                                                "Inception weights": args.inception_weights})
-    result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
-                                 args.evalnet, args.inception_weights, args.reference_cache)
-    print(format_result(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-
-
-def cmd_train_evalnet(args) -> None:
-    from rdd.classifier import train_classifier
-    from rdd.config import load_config
-    from rdd.distributed import require_single_process
-
-    require_single_process("train-evalnet")
-    cfg = load_config(args.config, args.overrides)
-    # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
-    # distillation classifier's config gets another seed, so the two networks never share one.
-    seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
-    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed)
-    print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")

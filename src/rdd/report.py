@@ -15,7 +15,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from rdd.errors import RddError  # noqa: E402
 from rdd.logging import read_metrics  # noqa: E402
-from rdd.training import MODEL_FILE  # noqa: E402
+from rdd.layout import MODEL_FILE  # noqa: E402
 
 
 def find_models(root: Path) -> list[Path]:
@@ -30,7 +30,7 @@ def comparison_grid(entries: list[tuple[str, Path, int]], path: Path, num: int =
                     sampler_rows: list[tuple[str, Path, int, str]] | None = None) -> Path:
     """One row per model, every row from the same noise (the paper's Fig. 5)."""
     from rdd.sampling import generate
-    from rdd.training import load_diffusion_model
+    from rdd.model_io import load_diffusion_model
 
     rows = [(label, ckpt, steps, "ddim") for label, ckpt, steps in entries] + list(sampler_rows or [])
     fig, axes = plt.subplots(len(rows), 1, figsize=(num * 0.55 + 2.5, len(rows) * 0.75 + 0.3), squeeze=False)
@@ -97,7 +97,7 @@ def method_table(results: dict[tuple[str, int], dict], methods: list[str], steps
 
 def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int = 2000, seed: int = 0) -> Path:
     """`rdd report DIR`: every model.pt under DIR, evaluated (when an evalnet is given), gridded and plotted."""
-    from rdd.training import load_diffusion_model
+    from rdd.model_io import load_diffusion_model
 
     root = Path(root)
     if not root.is_dir():
@@ -218,7 +218,7 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
               f"- Everything above: `rdd benchmark {config_path} --results {dest}` (resumable: finished stages are "
               "skipped; run folders, logs and checkpoints under `" + str(out) + "`).",
               f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
-              f"--evalnet {out}/evalnet/classifier.pt` (the `ckpt` of each row is in results.json)."]
+              f"--evalnet {out}/evalnet/evalnet.pt` (the `ckpt` of each row is in results.json)."]
     lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec} |" for name, sec in timings.items()]
     grid_entries = [(f"DDIM teacher {bc.teacher_steps}", out / "teacher" / MODEL_FILE, bc.teacher_steps)]
@@ -236,7 +236,3 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     page = dest / "RESULTS.md"
     page.write_text("\n".join(lines))
     return page
-
-
-def cmd_report(args) -> None:
-    print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed)}")

@@ -9,7 +9,6 @@ Output files of the other commands are checked for a writable folder before any 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from rdd.config import ExperimentConfig, to_dict
 from rdd.distributed import DistContext, broadcast_object
 from rdd.errors import RddError
+from rdd.files import digest
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 
 MANIFEST = "run.json"
@@ -30,14 +30,6 @@ OUTPUTS = (TRAIN_STATE, MANIFEST, MODEL_FILE, "metrics.jsonl", "samples.png", "g
 RESUMABLE = {"train.iterations", "distill.iterations", "train.log_every", "train.ckpt_every", "train.sample_every",
              "train.snapshot_at", "train.num_grid", "data.num_workers", "distill.target_steps"}
 INPUT_FILES = ("teacher", "classifier")  # meta entries that name files: compared by digest, not by path
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """A reader, or the next run, never sees half a file (a kill leaves a .tmp, removed on the next start)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -72,19 +64,6 @@ def check_output_path(path: str | Path, flag: str, inputs: dict | None = None) -
         os.unlink(probe)
     except OSError as e:
         raise RddError(f"cannot write {flag} '{path}': '{folder}' does not take files ({e.strerror}); choose another path") from None
-
-
-def digest(path: str | Path) -> str:
-    """sha256 of a file, or of every file in a folder (a diffusers model) with its relative name."""
-    from rdd.metrics import file_digest
-
-    path = Path(path)
-    if path.is_file():
-        return file_digest(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path)}|{file_digest(f)}|".encode())
-    return h.hexdigest()
 
 
 def run_kind(meta: dict) -> str:

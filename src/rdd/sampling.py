@@ -1,16 +1,12 @@
-"""Sampling at scale: fixed-seed noise shared by every model, batched, to a PNG grid and/or an .npz."""
+"""Sampling at scale: fixed-seed noise shared by every model, batched; uint8 NHWC for .npz files and FID tools."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from rdd.diffusion import ddim_sample
-from rdd.distributed import default_device
 from rdd.errors import RddError
-from rdd.logging import save_grid
 
 DEFAULT_TEACHER_STEPS = 64
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the grid writer (PIL) is asked for by name
@@ -65,32 +61,3 @@ def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     return x.permute(0, 2, 3, 1).numpy()
-
-
-def sample_command(args) -> None:
-    from rdd.training import load_diffusion_model
-
-    from rdd.rundir import check_output_path
-
-    if not args.out and not args.npz:
-        raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
-    if args.num < 1:
-        raise RddError(f"--num {args.num}: sample at least 1 image")
-    if args.batch_size < 1:
-        raise RddError(f"--batch-size {args.batch_size}: use at least 1")
-    for path, flag, suffixes in ((args.out, "--out", GRID_SUFFIXES), (args.npz, "--npz", (".npz",))):
-        if path:
-            check_output_path(path, flag, {"checkpoint": args.ckpt})
-            if Path(path).suffix.lower() not in suffixes:
-                raise RddError(f"{flag} '{path}' has an unknown extension; end it in {' or '.join(suffixes)}")
-    device = default_device()
-    model, cfg, meta = load_diffusion_model(args.ckpt, device)
-    steps = resolve_steps(meta, args.steps)
-    images = generate(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device)
-    if args.out:
-        save_grid(images[:256], args.out, nrow=int(np.ceil(np.sqrt(min(len(images), 256)))))
-        print(f"wrote {args.out}")
-    if args.npz:
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.npz, images=to_uint8_nhwc(images))
-        print(f"wrote {args.npz} ({len(images)} images)")

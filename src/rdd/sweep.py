@@ -150,7 +150,7 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
 
     from rdd.distill import run_progressive, run_stage
     from rdd.distributed import init_distributed
-    from rdd.training import load_diffusion_model
+    from rdd.model_io import load_diffusion_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     folder = Path(run.folder)
@@ -292,21 +292,3 @@ def plot_sweep(spec: SweepSpec, results: list[dict], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "plot_iterations.png", dpi=120)
         plt.close(fig)
-
-
-def cmd_sweep(args) -> None:
-    spec = SweepSpec(config=args.config, teacher=args.teacher, out=args.out, grid=parse_grid(args.grid),
-                     seeds=parse_ints(args.seeds, "--seeds"), overrides=args.overrides, to=args.to,
-                     eval_at=parse_ints(args.eval_at, "--eval-at") if args.eval_at else [],
-                     eval_samples=args.eval_samples, eval_seed=args.eval_seed, evalnet=args.evalnet,
-                     reference=args.reference, holdout=args.holdout, record=args.record)
-    if args.jobs < 1:
-        raise RddError(f"--jobs {args.jobs}: run at least one process")
-    from rdd.metrics import check_sample_count
-
-    check_sample_count(spec.eval_samples, "--eval-samples")
-    threads = os.environ.get("OMP_NUM_THREADS", "1")
-    if not threads.isdigit() or int(threads) < 1:
-        raise RddError(f"OMP_NUM_THREADS={threads!r} is not a thread count; set it to a positive integer (1 per run)")
-    out = run_sweep(spec, args.jobs)
-    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and plots")

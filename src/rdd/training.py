@@ -27,8 +27,10 @@ from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
 from rdd.diffusion import ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
+from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.logging import MetricsLog, save_grid
+from rdd.model_io import export_model
 
 
 class Objective(Protocol):
@@ -76,14 +78,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def export_model(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict) -> None:
-    """The sampling checkpoint: EMA weights, the config that builds the network, and its step count."""
-    bad = first_nonfinite(model.state_dict())
-    if bad:
-        raise RddError(f"refusing to write '{path}': weight '{bad}' holds nan or inf")
-    save_checkpoint({"kind": "diffusion", "model": model.state_dict(), "config": to_dict(cfg), **meta}, path)
 
 
 class Batches:
@@ -359,7 +353,7 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
     elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
         (out_dir / "metrics.jsonl").unlink()
     if ctx.is_main:
-        rundir.write_json_atomic(out_dir / rundir.MANIFEST, manifest)
+        write_json_atomic(out_dir / rundir.MANIFEST, manifest)
     bar = tqdm(range(trainer.step, iterations), initial=trainer.step, total=iterations, desc=desc, disable=not ctx.is_main,
                dynamic_ncols=True)
     for _ in bar:
@@ -386,29 +380,3 @@ def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContex
     torch.manual_seed(cfg.train.seed)
     return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out_dir, ctx, iterations=cfg.train.iterations,
                lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, overwrite=overwrite, desc=desc)
-
-
-def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
-    """Rebuild a diffusion model from `model.pt` (or a training state) or load a diffusers folder;
-    returns (model, config, meta)."""
-    from rdd.config import from_dict
-    from rdd.networks import build_model
-
-    if Path(path).is_dir():
-        from rdd.diffusers_io import load_diffusers_folder
-
-        return load_diffusers_folder(path, device)
-    state = load_checkpoint(path)
-    if state.get("kind", "diffusion") != "diffusion":
-        raise RddError(f"'{path}' is a {state['kind']} checkpoint, not a diffusion model; pass a model.pt written by "
-                       "rdd train or rdd distill")
-    if "config" not in state or not ("model" in state or "ema" in state):
-        raise RddError(f"checkpoint '{path}' is not an rdd diffusion checkpoint (no config/model); pass a model.pt written by rdd train or rdd distill")
-    cfg = from_dict(state["config"])
-    model = build_model(cfg.model, cfg.data)
-    load_module_state(model, state["ema"] if "ema" in state else state["model"], path, "diffusion")
-    bad = first_nonfinite(model.state_dict())
-    if bad:
-        raise RddError(f"model '{path}' has non-finite weights (nan or inf in '{bad}'); use a checkpoint from before training diverged")
-    meta = state.get("meta", {k: v for k, v in state.items() if k not in ("model", "config", "kind")})
-    return model.to(device).eval(), cfg, meta
