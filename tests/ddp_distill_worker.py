@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from rdd.config import load_config
 from rdd.distill import build_stage, train_stage
 from rdd.distributed import init_distributed

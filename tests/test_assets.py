@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from rdd.demo import ASSETS, verify_assets
 from rdd.metrics import evaluate_checkpoint
 from rdd.training import load_diffusion_model

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY
+from helpers import ROOT, TINY
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.cli import main
 

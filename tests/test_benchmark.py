@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, run_rdd
+from helpers import ROOT, run_rdd
 
 pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 

@@ -51,6 +51,7 @@ def trained(tmp_path_factory):
     return cfg, out, result
 
 
+@pytest.mark.slow
 def test_train_classifier_learns(trained):
     cfg, out, result = trained
     assert result["test_accuracy"] > 0.5  # chance is 0.1; 0.63-0.66 measured over seeds
@@ -58,6 +59,7 @@ def test_train_classifier_learns(trained):
     assert len((out / "classifier-metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_load_classifier_round_trip(trained, tmp_path):
     cfg, out, result = trained
     model = load_classifier(result["path"])

@@ -1,7 +1,7 @@
 """The shipped paper configs carry every number of the paper's §5.1 and appendix A, and the public code's settings."""
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from rdd.benchmark import load_benchmark_config
 from rdd.config import load_config
 from rdd.fidelity import resolve_fidelity

@@ -1,9 +1,12 @@
 import hashlib
 import shutil
 
+import pytest
 from PIL import Image
 
-from conftest import run_rdd
+from helpers import run_rdd
+
+pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
 
 def make_assets(folder, teacher, classifier, evalnet):

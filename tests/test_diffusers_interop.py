@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from conftest import ROOT, run_rdd
+from helpers import ROOT, run_rdd
 from rdd.config import DataConfig, load_config
 from rdd.data import load_dataset
 from rdd.diffusion import COSINE, DiscreteSchedule, ddim_sample, schedule_of, teacher_two_step_target
@@ -20,7 +20,7 @@ from rdd.distributed import DistContext
 from rdd.errors import RddError
 from rdd.networks import student_copy
 from rdd.sampling import generate
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 TINY_UNET = dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
@@ -187,6 +187,7 @@ def check_export_matches_rdd(ckpt, tmp_path, num: int = 8, seed: int = 3) -> dic
     return theirs
 
 
+@pytest.mark.slow
 def test_export_an_rdd_teacher_and_load_it_without_rdd(teacher, tmp_path):
     check_export_matches_rdd(teacher, tmp_path)
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_OVERRIDES
+from helpers import ROOT, TINY_OVERRIDES
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
 from rdd.diffusion import ddim_sample
@@ -13,7 +13,9 @@ from rdd.distill import run_progressive, run_stage
 from rdd.distributed import DistContext
 from rdd.errors import RddError
 from rdd.methods import METHODS
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
+
+pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 TINY = TINY_OVERRIDES + ["train.batch_size=32", "train.num_grid=8", "train.ema_decay=0.0", "train.ckpt_every=1000"]

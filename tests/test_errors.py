@@ -6,26 +6,13 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT, assert_one_line, run_cli
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.cli import main
 from rdd.errors import RddError
 
 TWO_STEP = str(ROOT / "assets/fmnist/two_step.pt")
 EVALNET = str(ROOT / "assets/fmnist/evalnet.pt")
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    return code, err
-
-
-def assert_one_line(code, err, *needles):
-    assert code != 0
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_unknown_key_names_the_closest_valid_key(capsys, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_rdd
+from helpers import run_rdd
 from rdd import metrics
 from rdd.baselines import diffusers_sample
 from rdd.cli import main
@@ -16,7 +16,7 @@ from rdd.diffusion import ddim_sample
 from rdd.errors import RddError
 from rdd.networks import build_model
 from rdd.sampling import generate
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -32,6 +32,7 @@ def test_diffusers_ddim_matches_our_ddim(steps):
     torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,steps", [("dpm-solver", 12), ("pndm", 10), ("dpm-solver", 1), ("pndm", 5)])
 def test_dpm_solver_and_pndm_give_finite_images(teacher, kind, steps):
     model, cfg, _ = load_diffusion_model(teacher)
@@ -62,6 +63,7 @@ def test_inception_score_bounds():
     assert metrics.inception_score(torch.zeros(100, 10), splits=10) == pytest.approx((1.0, 0.0))
 
 
+@pytest.mark.slow
 def test_domain_fd_of_test_set_to_itself_is_zero_and_to_noise_large(evalnet, small_fmnist, tmp_path):
     data = DataConfig(root=str(small_fmnist))
     cache = tmp_path / "ref.npz"
@@ -97,6 +99,7 @@ def random_inception_weights(path):
     torch.save(net.state_dict(), path)
 
 
+@pytest.mark.slow
 def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path, monkeypatch):
     weights = tmp_path / "inception.pth"
     random_inception_weights(weights)
@@ -130,6 +133,7 @@ def test_inception_weights_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_fd_falls_with_more_teacher_steps(teacher, evalnet, tmp_path):
     out = tmp_path / "eval2.json"
     args = ["eval", "--ckpt", str(teacher), "--num", "200", "--batch-size", "200", "--evalnet", str(evalnet),
@@ -143,6 +147,7 @@ def test_eval_fd_falls_with_more_teacher_steps(teacher, evalnet, tmp_path):
     assert fds[0] > fds[1] > fds[2], fds
 
 
+@pytest.mark.slow
 def test_eval_without_a_metric_network_is_a_one_line_error(teacher, capsys):
     assert main(["eval", "--ckpt", str(teacher), "--num", "4"]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_rdd
+from helpers import ROOT, TINY, error_line, run_cli, run_rdd
 from rdd.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
 from rdd.cli import main
 from rdd.config import load_config
@@ -16,24 +16,9 @@ from rdd.distributed import DistContext
 from rdd.errors import RddError
 from rdd.networks import build_model
 from rdd.rundir import RunLock
-from rdd.training import export_model, load_diffusion_model
+from rdd.model_io import export_model, load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
-
-
-def rdd(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def error_line(code: int, err: str, *needles: str) -> str:
-    """The run's stderr may hold a progress bar; the error itself is one line and no traceback."""
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.startswith("rdd:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def files(folder) -> dict:
@@ -55,7 +40,7 @@ def tiny_model(small_fmnist, tmp_path_factory):
 
 def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(capsys, tmp_path, train_args):
     out = tmp_path / "nan"
-    code, err = rdd(capsys, *train_args, "--set", "train.iterations=6", "--set", "train.lr=1e30", "--out", out)
+    code, err = run_cli(capsys, *train_args, "--set", "train.iterations=6", "--set", "train.lr=1e30", "--out", out)
     error_line(code, err, "step 2", "loss nan", "train.lr", "last good checkpoint (step 1)")
     state = load_checkpoint(out / "train_state.pt")
     assert state["step"] == 1 and first_nonfinite(state["model"]) is None and first_nonfinite(state["ema"]) is None
@@ -64,12 +49,13 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoi
 
 @pytest.mark.slow
 def test_a_diverged_classifier_is_not_written(capsys, tmp_path, small_fmnist):
-    code, err = rdd(capsys, "train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1",
+    code, err = run_cli(capsys, "train-evalnet", "--set", f"data.root={small_fmnist}", "--set", "classifier.epochs=1",
                     "--set", "classifier.train_limit=256", "--set", "classifier.lr=1e30", "--out", tmp_path)
     error_line(code, err, "diverged", "classifier.lr")
-    assert not (tmp_path / "classifier.pt").exists()
+    assert not (tmp_path / "evalnet.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_nan_weights_is_never_written_and_never_sampled(capsys, tmp_path, tiny_model):
     model, cfg, meta = load_diffusion_model(tiny_model)
     with torch.no_grad():
@@ -81,8 +67,8 @@ def test_a_model_with_nan_weights_is_never_written_and_never_sampled(capsys, tmp
     state = load_checkpoint(tiny_model)  # damaged outside rdd, then saved with a valid digest
     state["model"] = model.state_dict()
     save_checkpoint(state, tmp_path / "nan.pt")
-    error_line(*rdd(capsys, "sample", "--ckpt", tmp_path / "nan.pt", "--out", tmp_path / "g.png"), "non-finite weights")
-    error_line(*rdd(capsys, "eval", "--ckpt", tmp_path / "nan.pt", "--evalnet", ROOT / "assets/fmnist/evalnet.pt", "--num", 16),
+    error_line(*run_cli(capsys, "sample", "--ckpt", tmp_path / "nan.pt", "--out", tmp_path / "g.png"), "non-finite weights")
+    error_line(*run_cli(capsys, "eval", "--ckpt", tmp_path / "nan.pt", "--evalnet", ROOT / "assets/fmnist/evalnet.pt", "--num", 16),
                "non-finite weights")
 
 
@@ -90,20 +76,20 @@ def test_a_model_with_nan_weights_is_never_written_and_never_sampled(capsys, tmp
 def test_an_existing_run_is_refused_unless_resumed_with_the_same_settings(capsys, tmp_path, train_args):
     out = tmp_path / "run"
     args = [*train_args, "--set", "train.iterations=3", "--out", out]
-    assert rdd(capsys, *args)[0] == 0
+    assert run_cli(capsys, *args)[0] == 0
     before = files(out)
-    error_line(*rdd(capsys, *args), "already holds a run", "--resume", "--overwrite")
-    line = error_line(*rdd(capsys, *args, "--resume", "--set", "train.lr=1e-3", "--set", "model.dropout=0.1"), "other settings")
+    error_line(*run_cli(capsys, *args), "already holds a run", "--resume", "--overwrite")
+    line = error_line(*run_cli(capsys, *args, "--resume", "--set", "train.lr=1e-3", "--set", "model.dropout=0.1"), "other settings")
     assert "train.lr: 0.0002 -> 0.001" in line and "model.dropout: 0.0 -> 0.1" in line
-    error_line(*rdd(capsys, *args, "--resume", "--set", "train.iterations=2"), "done 3 steps", "at least 3")
-    error_line(*rdd(capsys, *args, "--resume", "--overwrite"), "--resume", "--overwrite")
+    error_line(*run_cli(capsys, *args, "--resume", "--set", "train.iterations=2"), "done 3 steps", "at least 3")
+    error_line(*run_cli(capsys, *args, "--resume", "--overwrite"), "--resume", "--overwrite")
     assert files(out) == before
 
     # Training longer and logging differently are allowed; --overwrite starts over.
-    assert rdd(capsys, *args, "--resume", "--set", "train.iterations=5", "--set", "train.log_every=2")[0] == 0
+    assert run_cli(capsys, *args, "--resume", "--set", "train.iterations=5", "--set", "train.log_every=2")[0] == 0
     assert load_checkpoint(out / "train_state.pt")["step"] == 5
     assert json.loads((out / "run.json").read_text())["iterations"] == 5
-    assert rdd(capsys, *args, "--overwrite", "--set", "train.lr=1e-3")[0] == 0
+    assert run_cli(capsys, *args, "--overwrite", "--set", "train.lr=1e-3")[0] == 0
     assert load_checkpoint(out / "train_state.pt")["step"] == 3
     assert json.loads((out / "run.json").read_text())["config"]["train"]["lr"] == 1e-3
 
@@ -117,6 +103,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, train_args
     assert not (out / "run.json").exists() and not (out / "train_state.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_the_weights_is_refused(capsys, tmp_path, tiny_model):
     damaged = tmp_path / "model.pt"
     shutil.copy(tiny_model, damaged)
@@ -126,7 +113,7 @@ def test_a_flipped_byte_in_the_weights_is_refused(capsys, tmp_path, tiny_model):
     assert at > 0
     data[at + 100] ^= 0x10
     damaged.write_bytes(data)
-    error_line(*rdd(capsys, "sample", "--ckpt", damaged, "--out", tmp_path / "g.png"),
+    error_line(*run_cli(capsys, "sample", "--ckpt", damaged, "--out", tmp_path / "g.png"),
                "is damaged: its contents do not match the stored digest; use another copy")
 
     (tmp_path / "noise.pt").write_bytes(os.urandom(4096))
@@ -140,15 +127,16 @@ def test_a_flipped_byte_in_the_weights_is_refused(capsys, tmp_path, tiny_model):
 def test_temporary_files_left_by_a_kill_are_removed_on_the_next_start(capsys, tmp_path, train_args):
     out = tmp_path / "run"
     args = [*train_args, "--set", "train.iterations=2", "--out", out]
-    assert rdd(capsys, *args)[0] == 0
+    assert run_cli(capsys, *args)[0] == 0
     (out / "snapshots").mkdir()
     stale = [out / ".train_state.pt.k1ll3d.tmp", out / ".run.json.4242.tmp", out / "snapshots" / ".model-0000001.pt.x.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
-    assert rdd(capsys, *args, "--resume", "--set", "train.iterations=3")[0] == 0
+    assert run_cli(capsys, *args, "--resume", "--set", "train.iterations=3")[0] == 0
     assert not any(p.exists() for p in stale) and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_progressive_refuses_a_finished_chain_of_another_method(capsys, tmp_path, tiny_model, small_fmnist):
     tiny = ["model.name=tiny", "train.batch_size=8", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=4",
             "train.ckpt_every=1000", f"data.root={small_fmnist}", "distill.teacher_steps=4", "distill.iterations=[2]"]
@@ -157,7 +145,7 @@ def test_progressive_refuses_a_finished_chain_of_another_method(capsys, tmp_path
     before = files(tmp_path)
     assert run_progressive(cfg, tiny_model, tmp_path, CPU) == models and files(tmp_path) == before  # reused as they are
 
-    code, err = rdd(capsys, "progressive", "--config", ROOT / "configs/fmnist/distill.yaml", "--method", "rcfd",
+    code, err = run_cli(capsys, "progressive", "--config", ROOT / "configs/fmnist/distill.yaml", "--method", "rcfd",
                     *[a for o in tiny for a in ("--set", o)], "--set", f"classifier.checkpoint={tiny_model}",
                     "--teacher", tiny_model, "--out", tmp_path)
     error_line(code, err, "finished stage", "distill.method: 'pd' -> 'rcfd'", "--overwrite")

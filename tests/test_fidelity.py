@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_rdd
+from helpers import ROOT, TINY, run_rdd
 from rdd.config import ConfigError, load_config
 from rdd.diffusion import ddim_step, diffuse, teacher_two_step_target
 from rdd.fidelity import PRESETS, resolve_fidelity
@@ -142,6 +142,7 @@ def test_k_under_two_gloo_processes(scope, expected, tmp_path):
             assert (candidates - row).abs().amax(dim=1).min() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fidelity", ["official", "paper"])
 def test_rdd_stage_runs_in_each_mode(fidelity, teacher, classifier, small_fmnist, tmp_path):
     run_rdd("distill", "--config", "configs/fmnist/distill.yaml", "--teacher", str(teacher), "--method", "rdd",

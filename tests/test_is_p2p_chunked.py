@@ -136,7 +136,7 @@ def test_global_scope_under_two_gloo_processes_equals_the_concatenated_batch(blo
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests/ddp_isp2p_worker.py"), str(tmp_path), str(block_rows)]

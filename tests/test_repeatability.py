@@ -3,7 +3,7 @@ comes from train.seed, and a killed run resumes to the bit (docs/reliability.md)
 import pytest
 import torch
 
-from conftest import TINY, run_and_kill, run_rdd
+from helpers import TINY, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,9 @@
+import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY, run_rdd
+from helpers import ROOT, TINY, run_rdd
+
+pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
 
 def test_report_renders_table_grids_and_curves_of_a_progressive_run(teacher, classifier, evalnet, small_fmnist, tmp_path):

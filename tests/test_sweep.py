@@ -1,9 +1,12 @@
 """`rdd sweep` at toy scale: a 2 x 2 grid x 2 seeds, its JSON, table and plots, and a second run that skips."""
 import json
 
+import pytest
 from PIL import Image
 
-from conftest import TINY, run_rdd
+from helpers import TINY, run_rdd
+
+pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
 
 def sweep_args(teacher, classifier, evalnet, small_fmnist, out):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_and_kill, run_rdd
+from helpers import ROOT, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
 from rdd.networks import build_model
