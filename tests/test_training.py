@@ -10,7 +10,7 @@ from helpers import ROOT, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
 from rdd.networks import build_model
-from rdd.logging import read_metrics
+from rdd.metrics_log import read_metrics
 
 
 def weights(path):

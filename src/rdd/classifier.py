@@ -33,6 +33,8 @@ from rdd.errors import RddError
 
 
 class ClassifierOutput(NamedTuple):
+    """What a classifier returns to the losses: CFD reads `pooled`, the pixel-to-pixel terms `feature_map`."""
+
     feature_map: torch.Tensor  # (N, C, H, W), before the final ReLU
     pooled: torch.Tensor  # (N, C): the feature vector F of eq. 3 (DenseNet) / the FD features (evalnet)
     logits: torch.Tensor  # (N, num_classes)

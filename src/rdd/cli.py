@@ -81,7 +81,7 @@ def cmd_sample(args) -> None:
     import numpy as np
 
     from rdd.distributed import default_device
-    from rdd.logging import save_grid
+    from rdd.metrics_log import save_grid
     from rdd.model_io import load_diffusion_model
     from rdd.rundir import check_output_path
     from rdd.sampling import GRID_SUFFIXES, generate, resolve_steps, to_uint8_nhwc

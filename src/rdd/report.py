@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from rdd.errors import RddError  # noqa: E402
-from rdd.logging import read_metrics  # noqa: E402
+from rdd.metrics_log import read_metrics  # noqa: E402
 from rdd.layout import MODEL_FILE  # noqa: E402
 
 

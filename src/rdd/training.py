@@ -29,7 +29,7 @@ from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_s
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, TRAIN_STATE
-from rdd.logging import MetricsLog, save_grid
+from rdd.metrics_log import MetricsLog, save_grid
 from rdd.model_io import export_model
 
 

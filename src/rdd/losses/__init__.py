@@ -9,14 +9,12 @@ from rdd.losses.batch import DistillBatch
 from rdd.losses.cfd import CFD, cfd_loss
 from rdd.losses.ii_p2p import II_P2P, ii_p2p_loss
 from rdd.losses.is_p2p import IS_P2P, is_p2p_loss, is_p2p_loss_dense, is_p2p_loss_global
-from rdd.losses.kl import kl_rows
 from rdd.losses.lpips_loss import LPIPSLoss
 from rdd.losses.m_p2p import M_P2P, m_p2p_loss
 from rdd.losses.objective import MethodLoss
 from rdd.losses.pd import PD
 from rdd.losses.pd_lpips import PD_LPIPS
 from rdd.losses.pixel_queue import PixelQueue
-from rdd.losses.pixels import unit_pixels
 from rdd.losses.projection_head import ProjectionHead
 from rdd.losses.term import LossTerm, TermConfig
 from rdd.losses.terms import TERMS, register_term
@@ -41,8 +39,6 @@ __all__ = [
     "is_p2p_loss",
     "is_p2p_loss_dense",
     "is_p2p_loss_global",
-    "kl_rows",
     "m_p2p_loss",
     "register_term",
-    "unit_pixels",
 ]
