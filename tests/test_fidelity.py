@@ -151,7 +151,7 @@ def test_rdd_stage_runs_in_each_mode(fidelity, teacher, classifier, small_fmnist
             "--set", "distill.num_contrast=16", "--set", "distill.push_per_step=8", "--set", f"distill.fidelity={fidelity}",
             "--out", str(tmp_path / "stage"))
     state = torch.load(tmp_path / "stage/train_state.pt", weights_only=True)
-    head_bias = "head.net.3.bias" in state["objective"]
+    head_bias = "m_p2p.head.net.3.bias" in state["objective"]
     assert head_bias == (fidelity == "paper")
     assert (state["objective_optimizer"] is not None) == (fidelity == "official")
     meta = torch.load(tmp_path / "stage/model.pt", weights_only=True)

@@ -16,7 +16,7 @@ import re
 import statistics
 from pathlib import Path
 
-from rdd.tables import markdown_table
+from rdd.tables import markdown_table, mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "benchmarks/fmnist/STUDY.md"
@@ -28,15 +28,6 @@ TEACHERS = {"two_step": ("assets/fmnist/two_step.pt", [2]), "eight_step": ("asse
 
 def records(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
-def spread(values: list[float]) -> str:
-    """Mean ± standard deviation over seeds (the seed values themselves are in the table's last columns)."""
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def fd_at(record: dict, *, iteration: int | None = None, stage: int | None = None) -> float | None:
@@ -76,8 +67,8 @@ def stage_table(record: Path, prefix: str, iterations: int, teacher: float | Non
     for m in METHODS:
         runs = records(record / f"{prefix}-{m}")
         by_seed = {r["seed"]: fd_at(r, iteration=iterations) for r in runs}
-        inside = [spread([v for r in runs if (v := fd_at(r, iteration=i)) is not None]) for i in snapshots]
-        rows.append([LABELS[m], *inside, spread(list(by_seed.values())),
+        inside = [mean_std([v for r in runs if (v := fd_at(r, iteration=i)) is not None], ".3f") for i in snapshots]
+        rows.append([LABELS[m], *inside, mean_std(list(by_seed.values()), ".3f"),
                      *(f"{by_seed[s]:.3f}" if s in by_seed else "–" for s in seeds), per_second(runs, iterations)])
     note = f"\n\nThe 2-step teacher's own DDIM: test FD {teacher:.3f}." if teacher is not None else ""
     return markdown_table(head, rows) + note, set(seeds)
@@ -91,7 +82,7 @@ def chain_table(record: Path, teacher: dict) -> tuple[str, dict]:
         runs = records(record / f"chain-{m}")
         per_stage = [[v for r in runs if (v := fd_at(r, stage=i)) is not None] for i in range(3)]
         curves[m] = per_stage
-        rows.append([LABELS[m], *(spread(v) for v in per_stage), str(len(runs))])
+        rows.append([LABELS[m], *(mean_std(v, ".3f") for v in per_stage), str(len(runs))])
     rows.append(["8-step model's own DDIM", *(f"{teacher[str(s)]:.3f}" if str(s) in teacher else "–" for s in steps), ""])
     head = ["method", "8 → 4 (4 steps)", "4 → 2 (2 steps)", "2 → 1 (1 step)", "seeds"]
     return markdown_table(head, rows) + f"\n\nSeeds: {', '.join(map(str, seeds)) or 'none yet'}.", curves
@@ -132,7 +123,7 @@ def sensitivity_tables(record: Path) -> str:
         for r in runs:
             points.setdefault(r["point"].replace("distill.", ""), []).append(r["final_fd"])
         parts.append(f"RDD (paper) {title}, 500 iterations, validation FD:\n\n"
-                     + markdown_table(["setting", "FD"], [[p, spread(v)] for p, v in points.items()]))
+                     + markdown_table(["setting", "FD"], [[p, mean_std(v, ".3f")] for p, v in points.items()]))
     return "\n\n".join(parts) if parts else "Not run yet."
 
 

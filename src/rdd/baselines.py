@@ -36,10 +36,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
 from rdd.diffusion import COSINE, Schedule, predict_x, schedule_of
 from rdd.errors import RddError
+from rdd.registry import SAMPLERS
 
 T = 1024
 ZERO_SNR_FLOOR = 2.0**-24
-KINDS = ("ddim", "dpm-solver", "pndm")
 
 
 def nfe(kind: str, steps: int) -> int:
@@ -47,16 +47,20 @@ def nfe(kind: str, steps: int) -> int:
     return steps + 9 if kind == "pndm" else steps
 
 
-def alphas_cumprod(floor: float = 0.0, schedule: Schedule = COSINE) -> torch.Tensor:
-    """alphas_cumprod[k] = alpha_{(k+1)/T}^2 in float64, with the last entry raised to `floor`."""
-    alpha, _ = schedule.alpha_sigma(torch.arange(1, T + 1, dtype=torch.float64) / T)
+def alphas_cumprod(floor: float = 0.0, schedule: Schedule = COSINE, timesteps: int = T) -> torch.Tensor:
+    """alphas_cumprod[k] = alpha_{(k+1)/T}^2 in float64 (T = `timesteps`), with the last entry raised to `floor`."""
+    alpha, _ = schedule.alpha_sigma(torch.arange(1, timesteps + 1, dtype=torch.float64) / timesteps)
     return (alpha**2).clamp_min(floor)
+
+
+def betas_of(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The betas of a diffusers scheduler whose cumprod(1 - betas) is `alpha_bar`."""
+    return 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
 
 
 def make_scheduler(kind: str, schedule: Schedule = COSINE):
     ac = alphas_cumprod(ZERO_SNR_FLOOR if kind == "dpm-solver" else 0.0, schedule)
-    betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])  # cumprod(1 - betas) = ac
-    common = dict(num_train_timesteps=T, trained_betas=betas.numpy())
+    common = dict(num_train_timesteps=T, trained_betas=betas_of(ac).numpy())
     if kind == "ddim":
         scheduler = DDIMScheduler(**common, timestep_spacing="trailing", prediction_type="sample",
                                   clip_sample=False, set_alpha_to_one=True)
@@ -66,7 +70,7 @@ def make_scheduler(kind: str, schedule: Schedule = COSINE):
     elif kind == "pndm":  # PNDM only takes eps (or v) predictions
         scheduler = PNDMScheduler(**common, timestep_spacing="leading", prediction_type="epsilon", set_alpha_to_one=True)
     else:
-        raise RddError(f"unknown sampler '{kind}'; choose one of {', '.join(KINDS)}")
+        raise RddError(f"unknown sampler '{kind}'; choose one of {', '.join(SAMPLERS)}")
     # diffusers rebuilds alphas_cumprod as a float32 cumprod of the betas, 1e-6 off after 1024 products:
     # put back the exact values (every step reads them; DPM-Solver's sigmas are derived in set_timesteps).
     scheduler.alphas_cumprod = ac

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
 from rdd.distributed import DistContext
+from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, stage_model
 
 
@@ -31,6 +32,7 @@ class BenchmarkConfig:
     chain_methods: list[str] = field(default_factory=lambda: ["pd", "rcfd", "rdd"])
     chain_iterations: list[int] = field(default_factory=lambda: [300, 300, 400])
     ablation_methods: list[str] = field(default_factory=lambda: ["pd", "rcfd", "cfd_ii", "cfd_is", "cfd_m", "rdd"])
+    ablation_baseline: str = "rcfd"  # Table 3 sets each ablation method listed after it against it (CFD alone)
     ablation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     ablation_iterations: int = 400
     teacher_ddim_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 32])
@@ -52,7 +54,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
 def check_benchmark(bc: BenchmarkConfig) -> None:
     """Every referenced config, method, step count and list, checked before the first stage trains."""
     from rdd.diffusion import check_halving
-    from rdd.methods import check_method
+    from rdd.registry import check_method
 
     for key in ("teacher_config", "classifier_config", "evalnet_config", "distill_config"):
         try:
@@ -66,6 +68,8 @@ def check_benchmark(bc: BenchmarkConfig) -> None:
     for key in required:
         if not getattr(bc, key):
             raise ConfigError(f"{key} is empty; give at least one value")
+    if bc.ablation_methods and bc.ablation_baseline not in bc.ablation_methods:
+        raise ConfigError(f"ablation_baseline '{bc.ablation_baseline}' is not one of ablation_methods ({', '.join(bc.ablation_methods)})")
     if bc.ablation_methods and bc.pd_to < 2:
         raise ConfigError(f"the ablation distils a 2-step PD model to 1 step: pd_to must be at least 2 (it is {bc.pd_to})")
     counts = {"ablation_iterations": bc.ablation_iterations, "dpm_solver_steps": bc.dpm_solver_steps, "pndm_steps": bc.pndm_steps,
@@ -95,8 +99,7 @@ class Timings:
         start = time.time()
         fn()
         self.values[name] = round(time.time() - start, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.values, indent=2))
+        write_json_atomic(self.path, self.values)
 
 
 def distill_cfg(bc: BenchmarkConfig, classifier: Path, method: str, teacher_steps: int, target: int,
@@ -188,8 +191,8 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
             def evaluate(row=row, result_path=result_path):
                 result = evaluate_checkpoint(row["ckpt"], row["steps"], row["sampler"], bc.eval_samples, bc.eval_seed,
                                              evalnet=str(evalnet), reference_cache=str(out / "eval" / "reference.npz"))
-                result_path.parent.mkdir(parents=True, exist_ok=True)
-                result_path.write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v for k, v in row.items()}, **result}, indent=2))
+                # the file is the row's resume marker: written whole or not at all
+                write_json_atomic(result_path, {**{k: str(v) if isinstance(v, Path) else v for k, v in row.items()}, **result})
 
             timings.run(f"eval {row['name']}", result_path, evaluate)
         from rdd.report import write_benchmark_results

@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 
+from rdd.baselines import alphas_cumprod, betas_of
 from rdd.config import DataConfig, ExperimentConfig, ModelConfig
 from rdd.diffusion import COSINE, CosineSchedule, DiscreteSchedule
 from rdd.errors import RddError
@@ -84,9 +84,7 @@ def _scheduler_betas(schedule) -> dict:
     if isinstance(schedule, DiscreteSchedule):
         return {k: v for k, v in schedule.config.items() if k != "kind"}
     # Cosine: alpha-bar at t = (k + 1) / T, the same mapping as DiscreteSchedule's.
-    alpha, _ = COSINE.alpha_sigma(torch.arange(1, EXPORT_TIMESTEPS + 1, dtype=torch.float64) / EXPORT_TIMESTEPS)
-    alpha_bar = alpha**2
-    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    betas = betas_of(alphas_cumprod(schedule=COSINE, timesteps=EXPORT_TIMESTEPS))
     return {"num_train_timesteps": EXPORT_TIMESTEPS, "trained_betas": betas.tolist()}
 
 

@@ -14,7 +14,9 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from rdd.errors import RddError  # noqa: E402
+from rdd.files import cached_json, write_json_atomic  # noqa: E402
 from rdd.metrics_log import read_metrics  # noqa: E402
+from rdd.tables import markdown_table, mean_std  # noqa: E402
 from rdd.layout import MODEL_FILE  # noqa: E402
 
 
@@ -79,24 +81,23 @@ def fmt(result: dict | None, key: str = "fd") -> str:
     return f"{result[key]:.4g} / {result['is']:.2f}"
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.4g} (1 seed)"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.4g}"
-
-
 def method_table(results: dict[tuple[str, int], dict], methods: list[str], steps: list[int]) -> list[str]:
     """Rows = steps, columns = methods, cells 'FD / IS' (Table 1's layout)."""
-    lines = ["| steps | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for n in steps:
-        lines.append(f"| {n} | " + " | ".join(fmt(results.get((m, n))) for m in methods) + " |")
-    return lines
+    return markdown_table(["steps", *methods], [[n, *(fmt(results.get((m, n))) for m in methods)] for n in steps]).splitlines()
+
+
+def run_table(entries: list[tuple[str, Path, int]], results: dict) -> list[str]:
+    """One row per run: its label and steps, and FD / IS where it was evaluated."""
+    def measured(label: str) -> list[str]:
+        return [f"{results[label][2]['fd']:.4g}", f"{results[label][2]['is']:.2f}"] if label in results else []
+
+    headers = ["run", "steps"] + (["FD", "IS"] if results else [])
+    return markdown_table(headers, [[label, steps, *measured(label)] for label, _, steps in entries]).splitlines()
 
 
 def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int = 2000, seed: int = 0) -> Path:
     """`rdd report DIR`: every model.pt under DIR, evaluated (when an evalnet is given), gridded and plotted."""
+    from rdd.metrics import evaluate_checkpoint
     from rdd.model_io import load_diffusion_model
 
     root = Path(root)
@@ -113,16 +114,8 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
         label = label_of(model_path, root)
         entries.append((label, model_path, steps))
         if evalnet:
-            from rdd.metrics import evaluate_checkpoint
-
-            cache = root / "eval" / (label.replace("/", "__") + ".json")
-            if cache.is_file():
-                result = json.loads(cache.read_text())
-            else:
-                result = evaluate_checkpoint(model_path, steps, "ddim", num_samples, seed, evalnet=evalnet,
-                                             reference_cache=str(root / "eval" / "reference.npz"))
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(result, indent=2))
+            result = cached_json(root / "eval" / (label.replace("/", "__") + ".json"), lambda: evaluate_checkpoint(
+                model_path, steps, "ddim", num_samples, seed, evalnet=evalnet, reference_cache=str(root / "eval" / "reference.npz")))
             results[label] = (meta.get("method", "base"), steps, result)
     grid = comparison_grid(entries, out / "grids.png", seed=seed)
     curves = loss_curves({label: path.parent for label, path, _ in entries}, out / "loss_curves.png")
@@ -133,10 +126,7 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
         by_key = {(m, n): r for m, n, r in results.values()}
         lines += [f"FD / IS of the evaluation network on {num_samples} samples (lower FD is better).", ""]
         lines += method_table(by_key, methods, steps) + [""]
-    lines += ["| run | steps | " + ("FD | IS |" if results else ""), "|---|---|" + ("---|---|" if results else "")]
-    for label, _, steps in entries:
-        extra = f" {results[label][2]['fd']:.4g} | {results[label][2]['is']:.2f} |" if label in results else ""
-        lines.append(f"| {label} | {steps} |{extra}")
+    lines += run_table(entries, results)
     lines += ["", "Every row from the same noise:", "", f"![grids]({grid.relative_to(root)})", "",
               "Loss curves:", "", f"![curves]({curves.relative_to(root)})", ""]
     page = root / "report.md"
@@ -148,28 +138,34 @@ def load_eval_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json")) if p.name != "reference.json"]
 
 
-def ordering_lines(main: dict, ablation: dict[str, list[dict]], steps: list[int]) -> list[str]:
-    """Plain statements of Table 1's (RDD < RCFD < PD in FD) and Table 3's (each relational term
-    improves on CFD alone) orderings, with the gaps set against the spread over seeds."""
-    lines = []
+def chain_ordering_lines(main: dict, methods: list[str], steps: list[int]) -> list[str]:
+    """Table 1's claim: FD falls along `methods` as the benchmark lists them (PD > RCFD > RDD in the paper)."""
+    lines, order = [], list(reversed(methods))
     for n in steps:
-        fd = {m: main[(m, n)]["fd"] for m in ("pd", "rcfd", "rdd") if (m, n) in main}
-        if len(fd) < 3:
+        fd = {m: main[(m, n)]["fd"] for m in methods if (m, n) in main}
+        if len(methods) < 2 or len(fd) < len(methods):
             continue
-        holds = fd["rdd"] < fd["rcfd"] < fd["pd"]
-        lines.append(f"- {n} step{'s' if n > 1 else ''}: RDD {fd['rdd']:.4g}, RCFD {fd['rcfd']:.4g}, PD {fd['pd']:.4g}: "
-                     f"RDD < RCFD < PD {'holds' if holds else 'does not hold'} (one training seed per chain).")
-    base = [r["fd"] for r in ablation.get("rcfd", [])]
+        holds = all(fd[a] < fd[b] for a, b in zip(order, order[1:]))
+        values = ", ".join(f"{m.upper()} {fd[m]:.4g}" for m in order)
+        lines.append(f"- {n} step{'s' if n > 1 else ''}: {values}: {' < '.join(m.upper() for m in order)} "
+                     f"{'holds' if holds else 'does not hold'} (one training seed per chain).")
+    return lines
+
+
+def ablation_ordering_lines(ablation: dict[str, list[dict]], methods: list[str], baseline: str) -> list[str]:
+    """Table 3's claim: each method listed after `baseline` improves on it, the gap set against the baseline's seed spread."""
+    base = [r["fd"] for r in ablation.get(baseline, [])]
     spread = (statistics.stdev(base) if len(base) > 1 else 0.0) or float("nan")
-    for method in ("cfd_ii", "cfd_is", "cfd_m", "rdd"):
+    lines = []
+    for method in methods[methods.index(baseline) + 1:] if baseline in methods else []:
         values = [r["fd"] for r in ablation.get(method, [])]
         if not values or not base:
             continue
         gap = statistics.mean(base) - statistics.mean(values)
         verdict = "improves on" if gap > 0 else "does not improve on"
-        lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.4g} vs CFD alone {statistics.mean(base):.4g}: "
-                     f"{verdict} CFD by {gap:+.3g}, {abs(gap) / spread:.1f}× the seed std of CFD ({spread:.4g}).")
-    return lines or ["- not enough finished rows to compare yet."]
+        lines.append(f"- 1 step, {method}: FD {statistics.mean(values):.4g} vs {baseline} alone {statistics.mean(base):.4g}: "
+                     f"{verdict} {baseline} by {gap:+.3g}, {abs(gap) / spread:.1f}× the seed std of {baseline} ({spread:.4g}).")
+    return lines
 
 
 def machine_line() -> str:
@@ -181,58 +177,72 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path: str = "CONFIG") -> Path:
-    """RESULTS.md + results.json of `rdd benchmark`, in the paper's table layouts."""
-    dest = Path(dest or out / "results")
-    dest.mkdir(parents=True, exist_ok=True)
-    rows = load_eval_results(out)
+def main_rows(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """Table 1's rows by (method, steps); the one at pd_to steps is the plain PD chain's, every chain's teacher."""
+    return {(r["method"], int(r["steps"])): r for r in rows if r["table"] == "main"}
+
+
+def benchmark_tables(bc, rows: list[dict], steps: list[int]) -> list[str]:
+    """RESULTS.md's tables: Table 1's layout, the teacher's training-free rows, Table 3's layout, the orderings."""
     order = {"DDIM": 0, "DPM-Solver": 1, "PNDM": 2}
     teacher = sorted((r for r in rows if r["table"] == "teacher"), key=lambda r: (order.get(r["method"], 3), r["steps"]))
-    main = {(r["method"], int(r["steps"])): r for r in rows if r["table"] == "main"}
+    main = main_rows(rows)
     ablation: dict[str, list[dict]] = {}
     for r in rows:
         if r["table"] == "ablation":
             ablation.setdefault(r["method"], []).append(r)
-    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
-
-    steps = [bc.pd_to // 2 ** k for k in range(1, 4) if bc.pd_to // 2 ** k >= 1]
-    notes = getattr(bc, "notes", None)
-    lines = [f"# {bc.name}: results", ""] + ([Path(notes).read_text().strip(), ""] if notes and Path(notes).is_file() else [])
-    lines += [
-             f"FD / IS of the independent evaluation network, {bc.eval_samples} samples against the test set "
-             "(FD lower is better, IS higher).", "",
-             "## Table 1 layout: students of each method", ""]
+    chains_teacher = next((r for (_, n), r in main.items() if n == bc.pd_to), None)
+    lines = ["## Table 1 layout: students of each method", ""]
     lines += method_table(main, bc.chain_methods, sorted(steps, reverse=True))
-    pd8 = main.get(("pd", bc.pd_to))
-    lines += ["", f"PD {bc.pd_to} steps (the chains' common teacher): {fmt(pd8)}", "",
-              "## The teacher without training", "", "| sampler | steps (NFE) | FD | IS |", "|---|---|---|---|"]
-    for r in teacher:
-        lines.append(f"| {r['method']} | {r['steps']} ({r['nfe']}) | {r['fd']:.4g} | {r['is']:.2f} |")
-    lines += ["", "## Table 3 layout: the 2 → 1 stage, 1-step FD over seeds (mean ± std)", "",
-              "| method | FD | IS | seeds |", "|---|---|---|---|"]
-    for method in bc.ablation_methods:
-        rs = ablation.get(method, [])
-        lines.append(f"| {method} | {mean_std([r['fd'] for r in rs])} | {mean_std([r['is'] for r in rs])} | {len(rs)} |")
-    lines += ["", "## Do the paper's orderings hold here?", ""] + ordering_lines(main, ablation, sorted(steps))
-    lines += ["", "## Machine and commands", "", f"- Machine: {machine_line()}.",
-              f"- Everything above: `rdd benchmark {config_path} --results {dest}` (resumable: finished stages are "
-              "skipped; run folders, logs and checkpoints under `" + str(out) + "`).",
-              f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
-              f"--evalnet {out}/evalnet/evalnet.pt` (the `ckpt` of each row is in results.json)."]
-    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {sec} |" for name, sec in timings.items()]
+    lines += ["", f"PD {bc.pd_to} steps (the chains' common teacher): {fmt(chains_teacher)}", "",
+              "## The teacher without training", ""]
+    lines += markdown_table(["sampler", "steps (NFE)", "FD", "IS"], [
+        [r["method"], f"{r['steps']} ({r['nfe']})", f"{r['fd']:.4g}", f"{r['is']:.2f}"] for r in teacher]).splitlines()
+    lines += ["", "## Table 3 layout: the 2 → 1 stage, 1-step FD over seeds (mean ± std)", ""]
+    lines += markdown_table(["method", "FD", "IS", "seeds"], [
+        [m, mean_std([r["fd"] for r in ablation.get(m, [])]), mean_std([r["is"] for r in ablation.get(m, [])]),
+         len(ablation.get(m, []))] for m in bc.ablation_methods]).splitlines()
+    orderings = (chain_ordering_lines(main, bc.chain_methods, sorted(steps))
+                 + ablation_ordering_lines(ablation, bc.ablation_methods, bc.ablation_baseline))
+    return lines + ["", "## Do the paper's orderings hold here?", ""] + (orderings or ["- not enough finished rows to compare yet."])
+
+
+def benchmark_figures(bc, out: Path, dest: Path, rows: list[dict], steps: list[int]) -> list[str]:
+    """The same-noise grid of every chain's models and the loss curves of every stage."""
+    main = main_rows(rows)
     grid_entries = [(f"DDIM teacher {bc.teacher_steps}", out / "teacher" / MODEL_FILE, bc.teacher_steps)]
-    if pd8:
-        grid_entries.append((f"PD {bc.pd_to}", Path(pd8["ckpt"]), bc.pd_to))
+    grid_entries += [(f"PD {n}", Path(r["ckpt"]), n) for (_, n), r in main.items() if n == bc.pd_to]
     grid_entries += [(f"{m} {n}", Path(main[(m, n)]["ckpt"]), n) for n in sorted(steps, reverse=True)
                      for m in bc.chain_methods if (m, n) in main]
     grid = comparison_grid(grid_entries, dest / "grids.png", seed=bc.eval_seed)
     runs = {f"{m} {p.name}": p for m in bc.chain_methods for p in sorted((out / f"chain-{m}").glob("stage-*"))}
     runs.update({f"ablation {p.name}": p for p in sorted((out / "ablation").glob("*-seed0"))})
     curves = loss_curves(runs, dest / "loss_curves.png")
-    lines += ["", "## Samples from the same noise", "", f"![grids]({grid.name})", "", "## Loss curves", "",
-              f"![curves]({curves.name})", ""]
-    (dest / "results.json").write_text(json.dumps({"rows": rows, "timings": timings}, indent=2))
+    return ["", "## Samples from the same noise", "", f"![grids]({grid.name})", "", "## Loss curves", "",
+            f"![curves]({curves.name})", ""]
+
+
+def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path: str = "CONFIG") -> Path:
+    """RESULTS.md + results.json of `rdd benchmark`, in the paper's table layouts."""
+    dest = Path(dest or out / "results")
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = load_eval_results(out)
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    steps = [bc.pd_to // 2 ** k for k in range(1, 4) if bc.pd_to // 2 ** k >= 1]
+    notes = getattr(bc, "notes", None)
+    lines = [f"# {bc.name}: results", ""] + ([Path(notes).read_text().strip(), ""] if notes and Path(notes).is_file() else [])
+    lines += [f"FD / IS of the independent evaluation network, {bc.eval_samples} samples against the test set "
+              "(FD lower is better, IS higher).", ""]
+    lines += benchmark_tables(bc, rows, steps)
+    lines += ["", "## Machine and commands", "", f"- Machine: {machine_line()}.",
+              f"- Everything above: `rdd benchmark {config_path} --results {dest}` (resumable: finished stages are "
+              "skipped; run folders, logs and checkpoints under `" + str(out) + "`).",
+              f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
+              f"--evalnet {out}/evalnet/evalnet.pt` (the `ckpt` of each row is in results.json).",
+              "", "## Wall time per stage (s)", ""]
+    lines += markdown_table(["stage", "seconds"], list(timings.items())).splitlines()
+    lines += benchmark_figures(bc, out, dest, rows, steps)
+    write_json_atomic(dest / "results.json", {"rows": rows, "timings": timings})
     page = dest / "RESULTS.md"
     page.write_text("\n".join(lines))
     return page

@@ -19,6 +19,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from rdd.errors import RddError
+from rdd.files import cached_json, write_json_atomic, write_text_atomic
+from rdd.tables import markdown_table, mean_std
 
 RESULT_FILE = "result.json"
 
@@ -125,21 +127,10 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
 def evaluate(spec: SweepSpec, ckpt: Path, cache: Path) -> dict:
     from rdd.metrics import evaluate_checkpoint
 
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    result = evaluate_checkpoint(ckpt, None, "ddim", spec.eval_samples, spec.eval_seed, evalnet=spec.evalnet,
-                                 reference_cache=str(Path(spec.out) / f"reference_{spec.reference}.npz"),
-                                 progress=False, reference_split=spec.reference, holdout=spec.holdout)
-    write_json(cache, result)
-    return result
-
-
-def write_json(path: Path, data) -> None:
-    """Atomic: a reader, or a resumed sweep, never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    return cached_json(cache, lambda: evaluate_checkpoint(
+        ckpt, None, "ddim", spec.eval_samples, spec.eval_seed, evalnet=spec.evalnet,
+        reference_cache=str(Path(spec.out) / f"reference_{spec.reference}.npz"),
+        progress=False, reference_split=spec.reference, holdout=spec.holdout))
 
 
 def execute(spec: SweepSpec, run: RunSpec) -> dict:
@@ -178,9 +169,9 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
               "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference,
               "eval_samples": spec.eval_samples, "teacher": spec.teacher, "config_file": spec.config,
               "overrides": run_overrides(spec, run), "threads": torch.get_num_threads()}
-    write_json(folder / RESULT_FILE, result)
+    write_json_atomic(folder / RESULT_FILE, result)
     if spec.record:
-        write_json(record_path(spec, run), result)
+        write_json_atomic(record_path(spec, run), result)
     return result
 
 
@@ -211,16 +202,10 @@ def run_sweep(spec: SweepSpec, jobs: int = 1) -> Path:
             for result in pool.map(execute, [spec] * len(todo), todo):
                 print(f"[sweep] done: {result['point']} seed {result['seed']}: FD {result['final_fd']:.3f}")
     results = [finished(spec, r) for r in runs]
-    write_json(out / "sweep.json", {"spec": asdict(spec), "results": results})
-    (out / "sweep.md").write_text(sweep_table(spec, results))
+    write_json_atomic(out / "sweep.json", {"spec": asdict(spec), "results": results})
+    write_text_atomic(out / "sweep.md", sweep_table(spec, results))
     plot_sweep(spec, results, out)
     return out
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def summarise(results: list[dict]) -> dict:
@@ -233,9 +218,7 @@ def summarise(results: list[dict]) -> dict:
 
 
 def sweep_table(spec: SweepSpec, results: list[dict]) -> str:
-    from rdd.tables import markdown_table
-
-    rows = [[point, f"{steps}", f"{iteration}", _mean_std(fds), f"{len(fds)}"]
+    rows = [[point, f"{steps}", f"{iteration}", mean_std(fds, ".3f"), f"{len(fds)}"]
             for (point, _, steps, iteration), fds in summarise(results).items()]
     head = (f"# Sweep `{spec.out}`\n\nTeacher `{spec.teacher}`, config `{spec.config}`, seeds {spec.seeds}; "
             f"FD of the evaluation network on {spec.eval_samples} samples against the **{spec.reference}** "
