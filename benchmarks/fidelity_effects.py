@@ -18,7 +18,7 @@ import torch
 from rdd.classifier import load_classifier
 from rdd.config import load_config
 from rdd.data import load_dataset
-from rdd.diffusion import diffuse, predict_x, ddim_step, sample_student_times, teacher_two_step_target
+from rdd.diffusion import COSINE, predict_x, sample_student_times, teacher_two_step_target
 from rdd.fidelity import PRESETS
 from rdd.losses import PixelQueue, ProjectionHead, cfd_loss, is_p2p_loss, m_p2p_loss
 from rdd.losses.pixels import unit_pixels
@@ -39,7 +39,7 @@ def pd_batch(teacher, x: torch.Tensor, clip: bool, seed: int):
     """t, z_t and the PD target x~ of one batch, with the same noise for either clip setting."""
     g = torch.Generator().manual_seed(seed)
     t = sample_student_times(x.shape[0], 1, generator=g)
-    z_t = diffuse(x, t, torch.randn(x.shape, generator=g))
+    z_t = COSINE.diffuse(x, t, torch.randn(x.shape, generator=g))
     with torch.no_grad():
         return t, z_t, teacher_two_step_target(teacher, z_t, t, 2, clip=clip)
 
@@ -63,9 +63,9 @@ def main() -> None:
         for x in batches(cfg, args.batch_size, args.batches, seed=1):
             for steps, t_value in ((2, 1.0), (4, 1.0), (4, 0.5)):
                 t = torch.full((x.shape[0],), t_value)
-                z_t = diffuse(x, t, torch.randn_like(x))
+                z_t = COSINE.diffuse(x, t, torch.randn_like(x))
                 x1 = predict_x(teacher, z_t, t, None, clip=False)
-                x2 = predict_x(teacher, ddim_step(z_t, x1, t, t - 1 / steps), t - 1 / steps, None, clip=False)
+                x2 = predict_x(teacher, COSINE.ddim_step(z_t, x1, t, t - 1 / steps), t - 1 / steps, None, clip=False)
                 clipped = teacher_two_step_target(teacher, z_t, t, steps, clip=True)
                 raw = teacher_two_step_target(teacher, z_t, t, steps, clip=False)
                 rows.setdefault((steps, t_value), []).append(((x1.abs() > 1).float().mean().item(), (x2.abs() > 1).float().mean().item(),

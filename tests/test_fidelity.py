@@ -8,7 +8,7 @@ import torch
 
 from helpers import ROOT, TINY, run_rdd
 from rdd.config import ConfigError, load_config
-from rdd.diffusion import ddim_step, diffuse, teacher_two_step_target
+from rdd.diffusion import COSINE, teacher_two_step_target
 from rdd.fidelity import PRESETS, resolve_fidelity
 from rdd.losses import M_P2P, DistillBatch, PixelQueue, ProjectionHead, m_p2p_loss
 
@@ -105,11 +105,11 @@ def test_teacher_clip_changes_the_target_exactly_where_the_teacher_leaves_the_ra
     torch.manual_seed(0)
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     t = torch.full((4,), 0.75)
-    z_t = diffuse(x, t, torch.randn_like(x))
+    z_t = COSINE.diffuse(x, t, torch.randn_like(x))
     clipped = teacher_two_step_target(teacher, z_t, t, 4, clip=True)
     raw = teacher_two_step_target(teacher, z_t, t, 4, clip=False)
     x1 = teacher(z_t, t, None)
-    z1 = ddim_step(z_t, x1, t, t - 0.25)
+    z1 = COSINE.ddim_step(z_t, x1, t, t - 0.25)
     x2 = teacher(z1, t - 0.25, None)
     outside = (x1.abs() > 1) | (x2.abs() > 1)
     assert outside.any() and not outside.all()

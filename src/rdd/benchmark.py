@@ -53,7 +53,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
 
 def check_benchmark(bc: BenchmarkConfig) -> None:
     """Every referenced config, method, step count and list, checked before the first stage trains."""
-    from rdd.diffusion import check_halving
+    from rdd.diffusion import halving_chain
     from rdd.registry import check_method
 
     for key in ("teacher_config", "classifier_config", "evalnet_config", "distill_config"):
@@ -63,7 +63,7 @@ def check_benchmark(bc: BenchmarkConfig) -> None:
             raise ConfigError(f"benchmark {key}: {e}") from None
     for method in bc.chain_methods + bc.ablation_methods:
         check_method(method)
-    check_halving(bc.teacher_steps, bc.pd_to)
+    halving_chain(bc.teacher_steps, bc.pd_to)  # refuses a PD chain that does not halve
     required = ["chain_methods", "pd_iterations", "chain_iterations", "teacher_ddim_steps"] + (["ablation_seeds"] if bc.ablation_methods else [])
     for key in required:
         if not getattr(bc, key):

@@ -19,7 +19,6 @@ from rdd.config import DataConfig
 from rdd.errors import RddError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 REINSTALL = "apt-get install --reinstall dataset-fashion-mnist"

@@ -1,20 +1,22 @@
 """`rdd demo`: the README's main job on Fashion-MNIST, a few minutes on a laptop CPU.
 
-From the shipped 2-step model (assets/fmnist), distil a 1-step student with RDD and with plain PD,
-measure both with the shipped evaluation network, and write a report with the table and a grid
-of both from the same noise. Without the shipped models it trains a small teacher instead.
+From the shipped 2-step model (assets/fmnist), distil a 1-step student with each of DEMO_METHODS
+(plain PD, RCFD and RDD), measure them and the teacher with the shipped evaluation network, and write a
+report with the table, a grid of every model from the same noise and the loss curves. Without the
+shipped models it trains a small teacher instead.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from pathlib import Path
 
 from rdd.config import load_config
 from rdd.distributed import init_distributed
 from rdd.errors import RddError
+from rdd.files import write_json_atomic
+from rdd.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets" / "fmnist"
@@ -82,16 +84,16 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     grid = comparison_grid(rows, out / "grids.png", num=16)
     curves = loss_curves({f"{m} 2->1": p.parent for m, p in students.items()}, out / "loss_curves.png", columns=len(students))
 
-    table = ["| model | steps | FD ↓ | IS ↑ |", "|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['steps']} | {r['fd']:.4g} | {r['is']:.2f} |" for r in results]
+    table = markdown_table(["model", "steps", "FD ↓", "IS ↑"],
+                           [[r["model"], r["steps"], f"{r['fd']:.4g}", f"{r['is']:.2f}"] for r in results])
     iterations = cfg.distill.iterations[0]
     page = out / "report.md"
     page.write_text("\n".join([
         "# rdd demo: 2 → 1 step on Fashion-MNIST", "",
         f"Distilled from the shipped 2-step model for {iterations} iterations per method; FD and IS of the "
         f"independent evaluation network on {num_samples} samples against the test set.", "",
-        *table, "", "Same noise, row by row:", "", f"![grids]({grid.name})", "", "Loss curves:", "",
+        table, "", "Same noise, row by row:", "", f"![grids]({grid.name})", "", "Loss curves:", "",
         f"![curves]({curves.name})", ""]))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n".join(table))
+    write_json_atomic(out / "results.json", results)
+    print(table)
     return page

@@ -158,34 +158,6 @@ def schedule_of(model) -> Schedule:
     return getattr(model, "schedule", None) or COSINE
 
 
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return COSINE.alpha_sigma(t)
-
-
-def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return COSINE.diffuse(x, t, eps)
-
-
-def eps_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return COSINE.eps_from_x(z_t, t, x)
-
-
-def v_from_x(z_t: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return COSINE.v_from_x(z_t, t, x)
-
-
-def x_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return COSINE.x_from_v(z_t, t, v)
-
-
-def ddim_step(z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return COSINE.ddim_step(z_t, x_hat, t, s)
-
-
-def truncated_snr_weight(t: torch.Tensor) -> torch.Tensor:
-    return COSINE.truncated_snr_weight(t)
-
-
 def time_grid(steps: int, device=None) -> torch.Tensor:
     """The N-step grid 1, (N-1)/N, ..., 1/N, 0."""
     if steps < 1:
@@ -193,8 +165,8 @@ def time_grid(steps: int, device=None) -> torch.Tensor:
     return torch.arange(steps, -1, -1, device=device, dtype=torch.float32) / steps
 
 
-def check_halving(teacher_steps: int, target_steps: int = 1) -> list[int]:
-    """The chain teacher_steps -> ... -> target_steps, refusing counts that do not halve."""
+def halving_chain(teacher_steps: int, target_steps: int = 1) -> list[int]:
+    """The chain teacher_steps -> ... -> target_steps; a count that does not halve is refused in one line."""
     if teacher_steps < 2 or target_steps < 1 or teacher_steps <= target_steps:
         raise RddError(f"cannot distil {teacher_steps} steps to {target_steps}: the teacher needs more steps than the student")
     chain = [teacher_steps]

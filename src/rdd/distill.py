@@ -16,7 +16,7 @@ import torch
 
 from rdd.classifier import FeatureClassifier, load_classifier
 from rdd.config import ExperimentConfig
-from rdd.diffusion import check_halving
+from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
@@ -76,7 +76,7 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
     """What defines a stage, before its objective is built: (config, teacher, meta, iterations)."""
     teacher, teacher_cfg, teacher_meta = load_diffusion_model(teacher_path, device)
     teacher_steps = teacher_step_count(teacher_meta, cfg, teacher_path)
-    check_halving(teacher_steps, teacher_steps // 2)
+    halving_chain(teacher_steps, teacher_steps // 2)  # refuses an odd step count
     cfg = stage_config(cfg, teacher_cfg)
     meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
             "tau_cfd": per_stage(cfg.distill.tau_cfd, stage_index), "teacher": str(teacher_path),
@@ -119,7 +119,7 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
     settings (`overwrite`: run every stage afresh)."""
     out_dir = Path(out_dir)
     _, _, meta = load_diffusion_model(teacher_path)
-    chain = check_halving(teacher_step_count(meta, cfg, teacher_path), cfg.distill.target_steps)
+    chain = halving_chain(teacher_step_count(meta, cfg, teacher_path), cfg.distill.target_steps)
     summary_path = out_dir / "chain.json"
     summary = {"method": cfg.distill.method, "stages": {}}
     if summary_path.is_file() and not overwrite:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rdd.diffusion import diffuse, truncated_snr_weight
+from rdd.diffusion import COSINE
 
 TRAIN_GRID = 1024  # t is drawn from {1/T, ..., 1}, the public code's discrete grid of T = 1024 steps
 
@@ -17,8 +17,8 @@ class TruncatedSNRLoss:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         t = torch.randint(1, TRAIN_GRID + 1, (x.shape[0],), device=x.device).float() / TRAIN_GRID
-        z_t = diffuse(x, t, torch.randn_like(x))
+        z_t = COSINE.diffuse(x, t, torch.randn_like(x))
         x_hat = model(z_t, t, labels)
         per_image = (x_hat.float() - x).pow(2).flatten(1).mean(1)
         # A tensor, not .item(): no GPU sync per step; the loop calls float() when it logs.
-        return (truncated_snr_weight(t) * per_image).mean(), {"mse": per_image.mean().detach()}
+        return (COSINE.truncated_snr_weight(t) * per_image).mean(), {"mse": per_image.mean().detach()}
