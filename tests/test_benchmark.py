@@ -7,12 +7,14 @@ import yaml
 from PIL import Image
 
 from helpers import ROOT, run_rdd
+from rdd.config import read_yaml_config
 
 pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
 
 def write_yaml(path, base, **sections):
-    data = yaml.safe_load((ROOT / base).read_text())
+    """`base` resolved (its own `base:` chain included), with `sections` merged in, written to `path`."""
+    data = read_yaml_config(ROOT / base)
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(data))

@@ -116,7 +116,7 @@ class ClassifierConfig:
 class DistillConfig:
     """One PD stage or a progressive chain (paper §3.1, §4, §5.1)."""
 
-    method: str = "rdd"  # pd | pd_lpips | rcfd | rdd | cfd_ii | cfd_is | cfd_m
+    method: str = "rdd"  # a name of rdd.registry.METHODS: pd, pd_lpips, rcfd, rdd and the ablation rows
     teacher_steps: int | None = None  # a base model's sampling grid; a distilled teacher brings its own
     target_steps: int = 1
     iterations: list[int] = field(default_factory=lambda: [200])  # per stage, last repeats

@@ -34,7 +34,11 @@ from rdd.model_io import export_model
 
 
 class Objective(Protocol):
-    """Loss of one batch. `modules` holds its trainable parts and state (projection head, queue)."""
+    """Loss of one batch. `modules` holds its trainable parts and state (projection head, queue).
+
+    Optional: `separately_optimized`, parameters with their own Adam outside the clip, and
+    `temperatures`, {config key: value}, named when a loss overflows.
+    """
 
     modules: nn.ModuleDict
 
