@@ -33,17 +33,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rdd import training
 from rdd.classifier import build_classifier, load_classifier
 from rdd.config import ExperimentConfig, load_config
 from rdd.data import FASHION_MNIST_DEBIAN, load_dataset
 from rdd.diffusion import sample_student_times, teacher_two_step_target
 from rdd.distill import per_stage, stage_config
+from rdd.distributed import DistContext
 from rdd.losses import M_P2P, DistillBatch
 from rdd.methods import METHODS, DistillationObjective, needs_classifier
-from rdd.networks import build_model, student_copy
-from rdd import training
-from rdd.distributed import DistContext
 from rdd.model_io import load_diffusion_model
+from rdd.networks import build_model, student_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~ (no grad)",

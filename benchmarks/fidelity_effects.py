@@ -22,8 +22,8 @@ from rdd.diffusion import COSINE, predict_x, sample_student_times, teacher_two_s
 from rdd.fidelity import PRESETS
 from rdd.losses import PixelQueue, ProjectionHead, cfd_loss, is_p2p_loss, m_p2p_loss
 from rdd.losses.pixels import unit_pixels
-from rdd.tables import markdown_table
 from rdd.model_io import load_diffusion_model
+from rdd.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

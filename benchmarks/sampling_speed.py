@@ -17,9 +17,9 @@ import torch
 
 from rdd.config import ExperimentConfig
 from rdd.errors import RddError
+from rdd.model_io import load_diffusion_model
 from rdd.networks import build_model
 from rdd.sampling import generate
-from rdd.model_io import load_diffusion_model
 
 
 def load_or_build(path: str | None, device: str):

@@ -18,9 +18,9 @@ from rdd.diffusion import COSINE, DiscreteSchedule, ddim_sample, schedule_of, te
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext
 from rdd.errors import RddError
+from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy
 from rdd.sampling import generate
-from rdd.model_io import load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 TINY_UNET = dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,

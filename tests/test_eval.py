@@ -14,9 +14,9 @@ from rdd.config import DataConfig, ModelConfig
 from rdd.data import FASHION_MNIST_DEBIAN, load_dataset, read_idx
 from rdd.diffusion import ddim_sample
 from rdd.errors import RddError
+from rdd.model_io import load_diffusion_model
 from rdd.networks import build_model
 from rdd.sampling import generate
-from rdd.model_io import load_diffusion_model
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from rdd.config import load_config
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext
 from rdd.errors import RddError
+from rdd.model_io import export_model, load_diffusion_model
 from rdd.networks import build_model
 from rdd.rundir import RunLock
-from rdd.model_io import export_model, load_diffusion_model
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 

@@ -9,8 +9,8 @@ import torch
 from helpers import ROOT, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 from rdd.config import load_config
-from rdd.networks import build_model
 from rdd.metrics_log import read_metrics
+from rdd.networks import build_model
 
 
 def weights(path):

@@ -20,13 +20,12 @@ from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
-from rdd.layout import stage_dir
-from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
-from rdd.networks import student_copy, student_prediction_type
 from rdd.files import write_json_atomic
-from rdd.rundir import check_same_run, manifest
-from rdd.layout import MODEL_FILE
+from rdd.layout import MODEL_FILE, stage_dir
+from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.model_io import load_diffusion_model
+from rdd.networks import student_copy, student_prediction_type
+from rdd.rundir import check_same_run, manifest
 from rdd.training import fit
 
 

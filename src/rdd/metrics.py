@@ -29,7 +29,7 @@ from rdd.files import file_digest
 from rdd.sampling import to_uint8_nhwc
 
 EVALNET_SEED_OFFSET = 1000  # the evalnet never shares the distillation classifier's seed
-EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; rdd before 0.2 named it classifier.pt
+EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; older runs named it classifier.pt
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
 
 
@@ -226,8 +226,8 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
     it (default: beside the evalnet and the Inception weights)."""
     from rdd.baselines import nfe
-    from rdd.sampling import generate, resolve_steps
     from rdd.model_io import load_diffusion_model
+    from rdd.sampling import generate, resolve_steps
 
     if num_samples is not None:
         check_sample_count(num_samples)

@@ -15,9 +15,9 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from rdd.errors import RddError  # noqa: E402
 from rdd.files import cached_json, write_json_atomic  # noqa: E402
+from rdd.layout import MODEL_FILE  # noqa: E402
 from rdd.metrics_log import read_metrics  # noqa: E402
 from rdd.tables import markdown_table, mean_std  # noqa: E402
-from rdd.layout import MODEL_FILE  # noqa: E402
 
 
 def find_models(root: Path) -> list[Path]:

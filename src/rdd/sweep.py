@@ -116,10 +116,10 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
         raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
+    from rdd.methods import require_classifier
+
     runs = expand(spec)
     for run in runs:
-        from rdd.methods import require_classifier
-
         require_classifier(run_config(spec, run))
     return runs
 
