@@ -23,6 +23,7 @@ class TermConfig:
     @classmethod
     def of(cls, distill: DistillConfig, tau_cfd: float | None = None, seed: int = 0,
            classifier: nn.Module | None = None) -> "TermConfig":
+        """From the distillation settings; tau_cfd defaults to the first stage's, C to the classifier's."""
         return cls(distill, resolve_fidelity(distill), distill.tau_cfd[0] if tau_cfd is None else tau_cfd, seed,
                    getattr(classifier, "num_features", None))
 
@@ -51,6 +52,7 @@ class LossTerm(nn.Module):
         return []
 
     def temperatures(self) -> dict[str, float]:
+        """{config key: value} of the term's temperature, if it has one."""
         return {self.temperature_key: self.tau} if self.temperature_key else {}
 
     def forward(self, batch) -> torch.Tensor:
