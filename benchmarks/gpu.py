@@ -43,13 +43,13 @@ import sampling_speed
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.classifier import build_classifier
 from rdd.config import load_config
-from rdd.diffusion import check_halving
+from rdd.diffusion import halving_chain
 from rdd.distill import per_stage
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.losses import is_p2p_loss, is_p2p_loss_dense
 from rdd.losses.truncated_snr import TruncatedSNRLoss
+from rdd.model_io import export_model
 from rdd.networks import build_model, count_parameters
-from rdd.training import export_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10, IMAGENET64 = ROOT / "configs/cifar10", ROOT / "configs/imagenet64"
@@ -500,7 +500,7 @@ def part_sampling(scale: Scale, device, deadline: Deadline) -> dict:
 
 def chain(cfg) -> tuple[str, int]:
     """A distillation chain's description and the images it trains on."""
-    steps = check_halving(cfg.distill.teacher_steps, cfg.distill.target_steps)
+    steps = halving_chain(cfg.distill.teacher_steps, cfg.distill.target_steps)
     iterations = sum(per_stage(cfg.distill.iterations, i) for i in range(len(steps) - 1))
     return (f"{steps[0]} -> {steps[-1]} ({len(steps) - 1} stages, {iterations:,} iterations x {cfg.train.batch_size})",
             iterations * cfg.train.batch_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
 from rdd.distributed import DistContext
 from rdd.files import write_json_atomic
-from rdd.layout import MODEL_FILE, stage_model
+from rdd.layout import CLASSIFIER_FILE, MODEL_FILE, stage_model
 
 
 @dataclass
@@ -147,16 +147,15 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
                   config_path: str = "CONFIG") -> Path:
     from rdd.classifier import train_classifier
     from rdd.distill import run_progressive, run_stage
-    from rdd.metrics import EVALNET_FILE, evaluate_checkpoint, evalnet_in
+    from rdd.metrics import evaluate_checkpoint, evalnet_in
     from rdd.training import train_base_model
 
     out = Path(bc.out)
     timings = Timings(out / "timings.json")
-    classifier = out / "classifier" / "classifier.pt"
+    classifier = out / "classifier" / CLASSIFIER_FILE
     evalnet = evalnet_in(out / "evalnet")
     timings.run("classifier", classifier, lambda: report_accuracy("classifier", train_classifier(load_config(bc.classifier_config), classifier.parent)))
-    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(
-        load_config(bc.evalnet_config), evalnet.parent, file_name=EVALNET_FILE)))
+    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(load_config(bc.evalnet_config), evalnet.parent)))
 
     def train_teacher():
         train_base_model(load_config(bc.teacher_config), out / "teacher", ctx, resume=True, desc="teacher")

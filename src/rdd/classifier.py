@@ -30,6 +30,7 @@ from rdd.config import ExperimentConfig
 from rdd.data import class_count, load_dataset, random_hflip
 from rdd.distributed import default_device
 from rdd.errors import RddError
+from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
 
 
 class ClassifierOutput(NamedTuple):
@@ -186,9 +187,9 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 500,
 
 
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | None = None, seed: int | None = None,
-                     progress: bool = True, train_limit: int | None = None, test_limit: int | None = None,
-                     file_name: str = "classifier.pt") -> dict:
-    """Train a classifier on cfg.data with the public code's recipe; write `file_name` and metrics.jsonl.
+                     progress: bool = True, train_limit: int | None = None, test_limit: int | None = None) -> dict:
+    """Train a classifier on cfg.data with the public code's recipe; write classifier.pt (evalnet.pt for the
+    evaluation network) and its metrics log.
 
     With data.holdout > 0 the weights of the epoch with the best accuracy on the held-out training
     images are kept (the public code keeps the best test accuracy, which tunes on the test set).
@@ -259,7 +260,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     if best_weights is not None:
         model.load_state_dict(best_weights)
         test_acc = evaluate_accuracy(model, test_set, device=device)
-    path = out_dir / file_name
+    path = out_dir / (EVALNET_FILE if kind == "evalnet" else CLASSIFIER_FILE)
     bad = first_nonfinite(model.state_dict())
     if bad:
         raise RddError(f"classifier training diverged: weight '{bad}' holds nan or inf; lower classifier.lr (now {cc.lr:g}); "

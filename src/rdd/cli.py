@@ -130,14 +130,14 @@ def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
     from rdd.distributed import require_single_process
-    from rdd.metrics import EVALNET_FILE, EVALNET_SEED_OFFSET
+    from rdd.metrics import EVALNET_SEED_OFFSET
 
     require_single_process("train-evalnet")
     cfg = load_config(args.config, args.overrides)
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
-    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed, file_name=EVALNET_FILE)
+    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed)
     print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd sample` reads
 TRAIN_STATE = "train_state.pt"  # everything needed to resume
+CLASSIFIER_FILE = "classifier.pt"  # what `rdd train-classifier` writes
+EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; older runs named it classifier.pt
 
 
 def stage_dir(chain_dir: str | Path, teacher_steps: int) -> Path:

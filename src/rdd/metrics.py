@@ -26,10 +26,10 @@ from rdd.data import load_dataset
 from rdd.distributed import default_device
 from rdd.errors import RddError
 from rdd.files import file_digest
+from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
 from rdd.sampling import to_uint8_nhwc
 
 EVALNET_SEED_OFFSET = 1000  # the evalnet never shares the distillation classifier's seed
-EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; older runs named it classifier.pt
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
 
 
@@ -100,7 +100,7 @@ def _image_batches(images, batch_size: int):
 
 def evalnet_in(folder: Path) -> Path:
     """The evaluation network a `rdd train-evalnet` run left in `folder`: evalnet.pt, or an older run's classifier.pt."""
-    old = folder / "classifier.pt"
+    old = folder / CLASSIFIER_FILE
     return old if old.is_file() and not (folder / EVALNET_FILE).is_file() else folder / EVALNET_FILE
 
 
