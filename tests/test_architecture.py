@@ -74,3 +74,22 @@ def test_the_graph_sees_imports_inside_functions():
 def test_no_import_cycle_between_modules_function_level_imports_included():
     cycle = find_cycle(module_imports())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The README's layout, top to bottom: a module imports only from its own row or the rows below it.
+LAYERS = [["cli"], ["benchmark", "sweep", "demo", "report"], ["distill", "methods"], ["training", "rundir"],
+          ["metrics", "sampling"], ["model_io", "diffusers_io", "diffusers_pipeline"], ["losses"],
+          ["networks", "classifier", "diffusion", "baselines", "data", "distributed"],
+          ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "fidelity", "errors"]]
+
+
+def test_modules_import_only_downwards_as_the_readme_lays_them_out():
+    row = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+    def row_of(module: str) -> int | None:
+        parts = module.split(".")
+        return row.get(parts[1]) if len(parts) > 1 else None  # the package's own __init__ sits outside the rows
+
+    upward = [f"{m} -> {d}" for m, deps in module_imports().items() for d in deps
+              if row_of(m) is not None and row_of(d) is not None and row_of(d) < row_of(m)]
+    assert not upward, "imports against the layout: " + ", ".join(upward)
