@@ -6,7 +6,7 @@ import pytest
 from helpers import ROOT
 from rdd.demo import ASSETS, verify_assets
 from rdd.metrics import evaluate_checkpoint
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
