@@ -186,6 +186,45 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 500,
     return correct / max(total, 1)
 
 
+def classifier_splits(cfg: ExperimentConfig, seed: int, train_limit: int | None, test_limit: int | None):
+    """(shuffled training loader, test set): the first N images of each split when limited."""
+    cc = cfg.classifier
+    train_set, test_set = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    train_limit = train_limit if train_limit is not None else cc.train_limit
+    if train_limit is not None:
+        train_set = Subset(train_set, range(min(train_limit, len(train_set))))
+    if cc.batch_size > len(train_set):
+        raise RddError(f"classifier.batch_size {cc.batch_size} is larger than the {len(train_set)} training images; "
+                       "lower classifier.batch_size")
+    if test_limit is not None:
+        test_set = Subset(test_set, range(min(test_limit, len(test_set))))
+    loader = DataLoader(train_set, batch_size=cc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+                        drop_last=len(train_set) >= 2 * cc.batch_size,  # a lone tiny last batch upsets BatchNorm
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, test_set
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, opt, sched, cfg: ExperimentConfig, device, desc: str,
+                progress: bool) -> dict:
+    """One epoch of SGD on cross-entropy; returns its mean loss and training accuracy."""
+    model.train()
+    loss_sum = correct = seen = 0
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x, y = x.to(device), y.to(device)
+        if cfg.classifier.augment:
+            x = augment(x, cfg)
+        logits = model(x).logits
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return {"loss": loss_sum / seen, "train_acc": correct / seen}
+
+
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | None = None, seed: int | None = None,
                      progress: bool = True, train_limit: int | None = None, test_limit: int | None = None) -> dict:
     """Train a classifier on cfg.data with the public code's recipe; write classifier.pt (evalnet.pt for the
@@ -204,22 +243,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     device = default_device()
-
-    train_set, test_set = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
-    train_limit = train_limit if train_limit is not None else cfg.classifier.train_limit
-    if train_limit is not None:
-        train_set = Subset(train_set, range(min(train_limit, len(train_set))))
-    if cc.batch_size > len(train_set):
-        raise RddError(f"classifier.batch_size {cc.batch_size} is larger than the {len(train_set)} training images; "
-                       "lower classifier.batch_size")
-    if test_limit is not None:
-        test_set = Subset(test_set, range(min(test_limit, len(test_set))))
-    loader = DataLoader(train_set, batch_size=cc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-                        drop_last=len(train_set) >= 2 * cc.batch_size,  # a lone tiny last batch upsets BatchNorm
-                        generator=torch.Generator().manual_seed(seed))
-
-    stem = cc.stem
-    model = build_classifier(arch, cfg.data.channels, class_count(cfg.data), stem).to(device)
+    loader, test_set = classifier_splits(cfg, seed, train_limit, test_limit)
+    model = build_classifier(arch, cfg.data.channels, class_count(cfg.data), cc.stem).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cc.lr, momentum=cc.momentum, weight_decay=cc.weight_decay)
     # ÷10 at 50% and 75% of training, counted in iterations so that 1-epoch runs decay too.
     total = cc.epochs * len(loader)
@@ -230,24 +255,10 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
     kind = "evalnet" if arch == "evalnet-cnn" else "classifier"
     with open(out_dir / f"{kind}-metrics.jsonl", "w") as log:  # its own name: a train run in the same folder keeps its log
         for epoch in range(cc.epochs):
-            model.train()
-            loss_sum = correct = seen = 0
-            for x, y in tqdm(loader, desc=f"{arch} epoch {epoch + 1}/{cc.epochs}", disable=not progress, leave=False):
-                x, y = x.to(device), y.to(device)
-                if cc.augment:
-                    x = augment(x, cfg)
-                logits = model(x).logits
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
+            row = {"epoch": epoch + 1, **train_epoch(model, loader, opt, sched, cfg, device,
+                                                      f"{arch} epoch {epoch + 1}/{cc.epochs}", progress)}
             test_acc = evaluate_accuracy(model, test_set, device=device)
-            row = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen, test_acc=test_acc,
-                       lr=opt.param_groups[0]["lr"])
+            row.update(test_acc=test_acc, lr=opt.param_groups[0]["lr"])
             if val_set is not None:
                 row["val_acc"] = evaluate_accuracy(model, val_set, device=device)
                 if row["val_acc"] > best_val:
@@ -256,19 +267,22 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, arch: str | Non
             log.flush()
             if progress:
                 print(json.dumps(row))
-
     if best_weights is not None:
         model.load_state_dict(best_weights)
         test_acc = evaluate_accuracy(model, test_set, device=device)
     path = out_dir / (EVALNET_FILE if kind == "evalnet" else CLASSIFIER_FILE)
+    save_classifier(model, cfg, arch, test_acc, path)
+    return {"test_accuracy": test_acc, "path": str(path)}
+
+
+def save_classifier(model: nn.Module, cfg: ExperimentConfig, arch: str, test_acc: float, path: Path) -> None:
     bad = first_nonfinite(model.state_dict())
     if bad:
-        raise RddError(f"classifier training diverged: weight '{bad}' holds nan or inf; lower classifier.lr (now {cc.lr:g}); "
-                       f"nothing was written to {path}")
-    save_checkpoint(dict(kind="classifier", arch=arch, stem=stem, in_channels=cfg.data.channels, num_classes=class_count(cfg.data),
-                         resolution=cfg.data.resolution, model=model.state_dict(), test_accuracy=test_acc,
-                         config=dataclasses.asdict(cfg)), path)
-    return {"test_accuracy": test_acc, "path": str(path)}
+        raise RddError(f"classifier training diverged: weight '{bad}' holds nan or inf; lower classifier.lr "
+                       f"(now {cfg.classifier.lr:g}); nothing was written to {path}")
+    save_checkpoint(dict(kind="classifier", arch=arch, stem=cfg.classifier.stem, in_channels=cfg.data.channels,
+                         num_classes=class_count(cfg.data), resolution=cfg.data.resolution, model=model.state_dict(),
+                         test_accuracy=test_acc, config=dataclasses.asdict(cfg)), path)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu", arch: str | None = None,
