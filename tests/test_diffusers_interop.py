@@ -145,6 +145,41 @@ def test_rdd_ddim_on_a_diffusers_folder_is_diffusers_trailing_ddim(tmp_path, pre
         torch.testing.assert_close(ours, z, atol=1e-5, rtol=0)
 
 
+def plain_diffusers_loop(unet, scheduler, noise, steps):
+    """Sampling as a diffusers user writes it: the network's raw output into the scheduler's step."""
+    scheduler.set_timesteps(steps)
+    z = noise
+    for k in scheduler.timesteps:
+        z = scheduler.step(unet(z, k).sample, k, z).prev_sample
+    return z
+
+
+@pytest.mark.parametrize("kind,prediction_type,zero_snr", [("dpm-solver", "epsilon", False), ("pndm", "epsilon", False),
+                                                           ("dpm-solver", "v_prediction", True)])
+def test_dpm_solver_and_pndm_on_a_diffusers_schedule_are_diffusers_own(tmp_path, kind, prediction_type, zero_snr):
+    """rdd's DPM-Solver++(2M) and PNDM on a diffusers model's table = diffusers' schedulers with the same settings
+    (x-hat unclipped: rdd's sampling clips it first, as its DDIM does)."""
+    from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+    from rdd.baselines import diffusers_sample
+
+    betas = dict(beta_schedule="linear", rescale_betas_zero_snr=zero_snr, prediction_type=prediction_type)
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(**betas)).save_pretrained(tmp_path / "teacher")
+    model, _, _ = load_diffusion_model(tmp_path / "teacher")
+    noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for steps in (5, 10):
+        if kind == "pndm":
+            scheduler = PNDMScheduler(beta_schedule="linear", prediction_type=prediction_type, set_alpha_to_one=True,
+                                      timestep_spacing="leading")  # it has no zero-SNR rescaling
+        else:
+            scheduler = DPMSolverMultistepScheduler(**betas, algorithm_type="dpmsolver++", solver_order=2,
+                                                    timestep_spacing="trailing", final_sigmas_type="zero")
+        theirs = plain_diffusers_loop(model.unet, scheduler, noise, steps)
+        ours = diffusers_sample(model, noise, steps, None, kind, clip=False)
+        scale = theirs.abs().max()  # unclipped: far outside [-1, 1] for this untrained network
+        assert (ours - theirs).abs().max() <= 1e-4 * scale, (steps, float((ours - theirs).abs().max()), float(scale))
+
+
 def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RddError, match="not a diffusers model"):
