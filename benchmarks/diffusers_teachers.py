@@ -25,7 +25,7 @@ from rdd.distributed import DistContext, default_device
 from rdd.layout import stage_dir
 from rdd.metrics import evaluate_checkpoint
 from rdd.tables import markdown_table
-from rdd.training import load_diffusion_model
+from rdd.model_io import load_diffusion_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/fmnist/diffusers.yaml"
