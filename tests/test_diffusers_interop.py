@@ -112,6 +112,7 @@ def test_the_recipe_picks_the_students_reading_and_weight(teacher_type, zero_snr
     assert (forced["prediction_type"], forced["loss_weight"], forced["reason"]) == ("epsilon", "truncated_snr", "set by distill.student_reading")
 
 
+@pytest.mark.slow  # trains
 def test_an_eps_read_student_at_zero_terminal_snr_stops_naming_its_t1_step(small_fmnist, tmp_path):
     """Forced to read eps under the x-space weight, the t = 1 step divides by alpha_1 = 0: the stop says so."""
     scheduler = DDPMScheduler(beta_schedule="linear", rescale_betas_zero_snr=True)

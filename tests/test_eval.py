@@ -85,6 +85,7 @@ def test_domain_fd_of_test_set_to_itself_is_zero_and_to_noise_large(evalnet, sma
     assert cache.stat().st_mtime_ns != mtime
 
 
+@pytest.mark.slow  # trains
 def test_reference_statistics_default_to_rdds_cache_folder_not_beside_the_evalnet(evalnet, small_fmnist, tmp_path, monkeypatch):
     assets = tmp_path / "assets"
     assets.mkdir()
