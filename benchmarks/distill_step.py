@@ -81,7 +81,7 @@ def images(cfg, batch: int) -> torch.Tensor:
 def setup_fmnist(batch: int, device="cpu") -> Setup:
     cfg = load_config(ROOT / "configs/fmnist/distill.yaml")
     teacher, teacher_cfg, meta = load_diffusion_model(ROOT / "assets/fmnist/two_step.pt", device)
-    cfg = stage_config(cfg, teacher_cfg)
+    cfg = stage_config(cfg, teacher_cfg, teacher.prediction_type)  # an x-predicting rdd model keeps x
     classifier = load_classifier(ROOT / "assets/fmnist/classifier.pt", device)
     return Setup(cfg, teacher, meta["sampling_steps"], classifier, images(cfg, batch).to(device))
 

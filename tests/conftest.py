@@ -1,8 +1,17 @@
 """Fixtures: the real Fashion-MNIST slice and the tiny models trained once per session.
 Shared helpers live in helpers.py; slow test modules mark themselves (pytestmark = pytest.mark.slow)."""
+import os
+
 import pytest
 
 from helpers import TINY, run_rdd, write_idx
+
+
+@pytest.fixture(autouse=True, scope="session")
+def rdd_cache(tmp_path_factory):
+    """rdd's cache folder (reference statistics) in the session's temporary folder, for the commands
+    the tests run in-process and the ones they start (which inherit the environment)."""
+    os.environ["RDD_CACHE"] = str(tmp_path_factory.mktemp("rdd-cache"))
 
 
 @pytest.fixture

@@ -13,11 +13,19 @@ pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
 def test_shipped_models_match_their_checksums_and_stay_small():
     files = verify_assets(ASSETS)
-    assert set(files) == {"two_step", "classifier", "evalnet", "base", "eight_step"}
+    teacher = {"eps_teacher/model_index", "eps_teacher/unet/config", "eps_teacher/unet/diffusion_pytorch_model",
+               "eps_teacher/scheduler/scheduler_config"}
+    assert set(files) == {"two_step", "classifier", "evalnet", "base", "eight_step"} | teacher
     assert sum(p.stat().st_size for p in files.values()) < 25e6
     for name in ("base", "eight_step", "two_step"):  # each loads as a diffusion model with its step count
         _, _, meta = load_diffusion_model(files[name])
         assert meta["sampling_steps"] == {"base": None, "eight_step": 8, "two_step": 2}[name]
+
+
+def test_the_shipped_diffusers_teacher_is_a_plain_epsilon_ddpm():
+    model, cfg, meta = load_diffusion_model(ASSETS / "eps_teacher")
+    assert (model.prediction_type, model.schedule.config["beta_schedule"], meta["sampling_steps"]) == ("epsilon", "linear", None)
+    assert json.loads((ASSETS / "eps_teacher/model_index.json").read_text())["_class_name"] == "DDPMPipeline"
 
 
 def test_eval_of_the_shipped_two_step_model_reproduces_the_recorded_fd(tmp_path):

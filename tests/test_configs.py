@@ -87,3 +87,13 @@ def test_every_shipped_config_loads():
             load_benchmark_config(path)
         else:
             load_config(path)
+
+
+def test_one_set_flag_takes_several_overrides():
+    from rdd.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--set", "train.lr=1e-3", "train.iterations=7", "--set", "model.name=tiny",
+                                      "--out", "x"])
+    assert args.overrides == ["train.lr=1e-3", "train.iterations=7", "model.name=tiny"]
+    c = load_config(None, args.overrides)
+    assert (c.train.lr, c.train.iterations, c.model.name) == (1e-3, 7, "tiny")

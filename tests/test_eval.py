@@ -85,6 +85,24 @@ def test_domain_fd_of_test_set_to_itself_is_zero_and_to_noise_large(evalnet, sma
     assert cache.stat().st_mtime_ns != mtime
 
 
+@pytest.mark.slow  # trains
+def test_reference_statistics_default_to_rdds_cache_folder_not_beside_the_evalnet(evalnet, small_fmnist, tmp_path, monkeypatch):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "evalnet.pt").write_bytes(evalnet.read_bytes())
+    assets.chmod(0o555)  # a read-only assets folder works, and stays as it was
+    monkeypatch.setenv("RDD_CACHE", str(tmp_path / "cache"))
+    data = DataConfig(root=str(small_fmnist))
+    try:
+        first = metrics.reference_statistics(assets / "evalnet.pt", data, progress=False)
+        assert sorted(p.name for p in assets.iterdir()) == ["evalnet.pt"]
+    finally:
+        assets.chmod(0o755)
+    cached = list((tmp_path / "cache" / "reference").iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith("test-")
+    np.testing.assert_array_equal(metrics.reference_statistics(assets / "evalnet.pt", data, progress=False)[0], first[0])
+
+
 def random_inception_weights(path):
     """torch-fidelity's Inception-v3, randomly initialised offline (its constructor insists on loading weights)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

@@ -1,7 +1,8 @@
 """Training-free baselines: diffusers' DDIM, DPM-Solver and PNDM schedulers run on OUR schedule.
 
-Mapping our continuous cosine VP schedule (or a model's own, rdd.diffusion.Schedule) onto diffusers'
-discrete one (T = 1024 train steps):
+Mapping our continuous cosine VP schedule onto diffusers' discrete one (T = 1024 train steps; a
+diffusers model's DiscreteSchedule keeps its own table and T, so these are then diffusers' own
+schedulers on that model, which tests/test_diffusers_interop.py checks):
   diffusers index k in 0..T-1 stands for our t = (k + 1) / T, so alphas_cumprod[k] = alpha_{(k+1)/T}^2.
   k = T - 1 is t = 1 (pure noise), and "one step past k = 0" is t = 0, which DDIM and PNDM reach
   through final_alpha_cumprod = 1 (set_alpha_to_one) and DPM-Solver through final sigma 0.
@@ -47,8 +48,15 @@ def nfe(kind: str, steps: int) -> int:
     return steps + 9 if kind == "pndm" else steps
 
 
-def alphas_cumprod(floor: float = 0.0, schedule: Schedule = COSINE, timesteps: int = T) -> torch.Tensor:
-    """alphas_cumprod[k] = alpha_{(k+1)/T}^2 in float64 (T = `timesteps`), with the last entry raised to `floor`."""
+def train_timesteps(schedule: Schedule) -> int:
+    """T of the discrete table: a diffusers schedule's own, else 1024 samples of the continuous one."""
+    return getattr(schedule, "num_train_timesteps", T)
+
+
+def alphas_cumprod(floor: float = 0.0, schedule: Schedule = COSINE, timesteps: int | None = None) -> torch.Tensor:
+    """alphas_cumprod[k] = alpha_{(k+1)/T}^2 in float64 (T = `timesteps`, default train_timesteps: on a
+    DiscreteSchedule its own table, since its knots are t = (k + 1)/T), with the last entry raised to `floor`."""
+    timesteps = timesteps or train_timesteps(schedule)
     alpha, _ = schedule.alpha_sigma(torch.arange(1, timesteps + 1, dtype=torch.float64) / timesteps)
     return (alpha**2).clamp_min(floor)
 
@@ -60,7 +68,7 @@ def betas_of(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 def make_scheduler(kind: str, schedule: Schedule = COSINE):
     ac = alphas_cumprod(ZERO_SNR_FLOOR if kind == "dpm-solver" else 0.0, schedule)
-    common = dict(num_train_timesteps=T, trained_betas=betas_of(ac).numpy())
+    common = dict(num_train_timesteps=len(ac), trained_betas=betas_of(ac).numpy())
     if kind == "ddim":
         scheduler = DDIMScheduler(**common, timestep_spacing="trailing", prediction_type="sample",
                                   clip_sample=False, set_alpha_to_one=True)
@@ -77,26 +85,30 @@ def make_scheduler(kind: str, schedule: Schedule = COSINE):
     return scheduler
 
 
-def _check_steps(kind: str, steps: int) -> None:
-    if not 1 <= steps <= T // 2:
-        raise RddError(f"{kind} needs 1 to {T // 2} steps, got {steps}")
-    if kind == "ddim" and T % steps:  # diffusers' DDIM steps back by T // N, off its own grid otherwise
-        raise RddError(f"diffusers' DDIM needs a step count dividing {T}, got {steps}; use rdd's own ddim sampler")
+def _check_steps(kind: str, steps: int, train_steps: int = T) -> None:
+    if not 1 <= steps <= train_steps // 2:
+        raise RddError(f"{kind} needs 1 to {train_steps // 2} steps, got {steps}")
+    if kind == "ddim" and train_steps % steps:  # diffusers' DDIM steps back by T // N, off its own grid otherwise
+        raise RddError(f"diffusers' DDIM needs a step count dividing {train_steps}, got {steps}; use rdd's own ddim sampler")
     if kind == "pndm" and steps < 4:  # its 3 Runge-Kutta warm-up steps need a 4th point
         raise RddError(f"pndm needs at least 4 steps, got {steps}")
 
 
 @torch.no_grad()
-def diffusers_sample(model, noise: torch.Tensor, steps: int, labels: torch.Tensor | None, kind: str) -> torch.Tensor:
-    """Sample from z_1 = noise with diffusers' `kind` scheduler for `steps` steps; returns x (unclipped)."""
+def diffusers_sample(model, noise: torch.Tensor, steps: int, labels: torch.Tensor | None, kind: str,
+                     clip: bool = True) -> torch.Tensor:
+    """Sample from z_1 = noise with diffusers' `kind` scheduler for `steps` steps; returns x (unclipped).
+    `clip` clips x-hat before the scheduler sees it (rdd's sampling); without it the scheduler gets the
+    network's own prediction, converted, as in a plain diffusers loop."""
     schedule = schedule_of(model)
     scheduler = make_scheduler(kind, schedule)
-    _check_steps(kind, steps)
+    train_steps = train_timesteps(schedule)
+    _check_steps(kind, steps, train_steps)
     scheduler.set_timesteps(steps)
     z = noise
     for k in scheduler.timesteps.tolist():  # plain ints: the scheduler's tables stay on the CPU
-        t = torch.full((z.shape[0],), (k + 1) / T, device=z.device)
-        x_hat = predict_x(model, z, t, labels)
+        t = torch.full((z.shape[0],), (k + 1) / train_steps, device=z.device)
+        x_hat = predict_x(model, z, t, labels, clip)
         out = schedule.eps_from_x(z, t, x_hat) if kind == "pndm" else x_hat
         z = scheduler.step(out, k, z).prev_sample
     return z

@@ -184,8 +184,8 @@ def cmd_demo(args) -> None:
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.iterations=100 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.iterations=100 train.lr=1e-3 (repeatable)")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -298,7 +298,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
     p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")
-    p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: beside the evalnet)")
+    p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: in $RDD_CACHE or ~/.cache/rdd)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.set_defaults(func=cmd_eval)
 

@@ -145,12 +145,20 @@ class DistillConfig:
     # IS_P2P under DDP: `local` relates the images on each process (the public code), `global` the
     # whole batch gathered over all processes (rdd.losses.is_p2p_loss_global).
     is_p2p_scope: str = "local"
+    # How a diffusers student reads its output, per stage (the last repeats): auto is the measured recipe
+    # (rdd.networks.student_reading, docs/diffusers.md); loss_weight auto follows the reading.
+    student_reading: list[str] = field(default_factory=lambda: ["auto"])  # auto | epsilon | v_prediction | sample
+    loss_weight: str = "auto"  # auto | truncated_snr | snr
 
     def __post_init__(self):
         from rdd.fidelity import FIDELITY_CHOICES, SWITCH_CHOICES
 
         _check_choice("distill.fidelity", self.fidelity, FIDELITY_CHOICES)
         _check_choice("distill.is_p2p_scope", self.is_p2p_scope, ("local", "global"))
+        _check_choice("distill.loss_weight", self.loss_weight, ("auto", "truncated_snr", "snr"))
+        _check("distill.student_reading", self.student_reading, len(self.student_reading) > 0, "a list of one value per stage")
+        for i, reading in enumerate(self.student_reading):
+            _check_choice(f"distill.student_reading[{i}]", reading, ("auto", "epsilon", "v_prediction", "sample"))
         for key, choices in SWITCH_CHOICES.items():
             if choices is not None and getattr(self, key) is not None:
                 _check_choice(f"distill.{key}", getattr(self, key), choices)
@@ -301,7 +309,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `key.sub=value` overrides; values are parsed as YAML (numbers, lists, null)."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
+            raise ConfigError(f"override '{item}' must look like section.key=value; "
+                              "put positional arguments before --set, which takes every KEY=VALUE after it")
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")

@@ -37,7 +37,7 @@ def verify_assets(folder: Path) -> dict[str, Path]:
         digest, path = parts[0].lower(), folder / parts[1].lstrip("*")  # sha256sum marks binary mode with '*'
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise RddError(f"shipped model '{path}' is missing or damaged (checksum mismatch); restore it with git checkout -- {path}")
-        files[path.stem] = path
+        files[str(Path(parts[1].lstrip("*")).with_suffix(""))] = path  # e.g. two_step, eps_teacher/unet/config
     return files
 
 

@@ -26,6 +26,12 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Ten
 
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")  # diffusers' names for x, eps and v
 TIME_SCALE = 1000.0  # rdd's networks see 1000 t, so their time embedding spans a 1000-step model's range
+# The weight of a PD stage's squared x-error: max(SNR, 1), or SNR = alpha^2/sigma^2, which makes it the
+# squared eps error of a student that reads its output as eps.
+LOSS_WEIGHTS = ("truncated_snr", "snr")
+# Below this alpha at t = 1, an eps reading multiplies eps-hat's error by more than 1,000 in x-hat at a
+# student's first step (infinitely at zero terminal SNR): such a student reads v (rdd.networks.student_reading).
+EPS_READING_MIN_ALPHA = 1e-3
 # The scheduler keys that fix diffusers' alpha-bar table.
 BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
 
@@ -92,8 +98,18 @@ class Schedule:
 
     def truncated_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
         """omega_t = max(alpha_t^2 / sigma_t^2, 1): the truncated-SNR weight of the x-error."""
+        return self.loss_weight(t, "truncated_snr")
+
+    def loss_weight(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """omega_t of the squared x-error (LOSS_WEIGHTS): `snr` gives ||eps_hat - eps~||^2, since
+        eps = (z - alpha x) / sigma moves by alpha/sigma per unit of x."""
         alpha, sigma = self.alpha_sigma(t)
-        return torch.clamp(alpha**2 / sigma.clamp_min(1e-12) ** 2, min=1.0)
+        snr = alpha**2 / sigma.clamp_min(1e-12) ** 2
+        if kind == "snr":
+            return snr
+        if kind == "truncated_snr":
+            return torch.clamp(snr, min=1.0)
+        raise RddError(f"unknown loss weight '{kind}'; choose one of {', '.join(LOSS_WEIGHTS)}")
 
 
 class CosineSchedule(Schedule):

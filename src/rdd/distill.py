@@ -24,7 +24,7 @@ from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
 from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.model_io import load_diffusion_model
-from rdd.networks import student_copy, student_prediction_type
+from rdd.networks import student_copy, student_reading
 from rdd.rundir import check_same_run, manifest
 from rdd.training import fit
 
@@ -46,14 +46,14 @@ def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
     return own or asked
 
 
-def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig) -> ExperimentConfig:
+def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: str) -> ExperimentConfig:
     """The student is the teacher's network: take its architecture and image shape, keep the rest.
-    A diffusers network keeps its schedule and reads its output as a student does; it trains on the
-    config's data set, since a diffusers folder names none."""
+    A diffusers network keeps its schedule and reads its output as `reading` (rdd.networks.student_reading);
+    it trains on the config's data set, since a diffusers folder names none."""
     model = dataclasses.replace(teacher_cfg.model, dropout=cfg.model.dropout)
     dataset = teacher_cfg.data.dataset
     if model.diffusers:
-        model.diffusers = {**model.diffusers, "prediction_type": student_prediction_type(model.diffusers["prediction_type"])}
+        model.diffusers = {**model.diffusers, "prediction_type": reading}
         dataset = cfg.data.dataset
     data = dataclasses.replace(cfg.data, dataset=dataset, resolution=teacher_cfg.data.resolution,
                                channels=teacher_cfg.data.channels)
@@ -76,10 +76,16 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
     teacher, teacher_cfg, teacher_meta = load_diffusion_model(teacher_path, device)
     teacher_steps = teacher_step_count(teacher_meta, cfg, teacher_path)
     halving_chain(teacher_steps, teacher_steps // 2)  # refuses an odd step count
-    cfg = stage_config(cfg, teacher_cfg)
+    asked = per_stage(cfg.distill.student_reading, stage_index)
+    if not teacher_cfg.model.diffusers and asked not in ("auto", "sample"):
+        raise RddError(f"distill.student_reading={asked}: rdd's own models predict x; the setting is for diffusers "
+                       "teachers, leave it at auto")
+    reading = student_reading(teacher, bool(teacher_meta.get("sampling_steps")), asked, cfg.distill.loss_weight)
+    cfg = stage_config(cfg, teacher_cfg, reading["prediction_type"])
     meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
             "tau_cfd": per_stage(cfg.distill.tau_cfd, stage_index), "teacher": str(teacher_path),
-            "fidelity": cfg.distill.fidelity, "fidelity_switches": resolve_fidelity(cfg.distill).as_dict()}
+            "fidelity": cfg.distill.fidelity, "fidelity_switches": resolve_fidelity(cfg.distill).as_dict(),
+            "student_reading": reading}
     require_classifier(cfg)
     if needs_classifier(cfg.distill.method):
         meta["classifier"] = cfg.classifier.checkpoint
@@ -93,8 +99,10 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     if classifier is not None and not isinstance(classifier, FeatureClassifier):
         raise RddError(f"classifier.checkpoint '{meta['classifier']}' is the evaluation network; distilling through it would "
                        "grade the student with its own teacher: pass the distillation classifier (rdd train-classifier)")
-    objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier).to(ctx.device)
-    student = student_copy(teacher).train().requires_grad_(True)
+    reading = meta["student_reading"]
+    objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier,
+                                      reading["loss_weight"]).to(ctx.device)
+    student = student_copy(teacher, reading["prediction_type"]).train().requires_grad_(True)
     return Stage(cfg, student, objective, iterations, meta)
 
 

@@ -5,7 +5,7 @@ The losses of eq. 4-9 are the same in both; what differs is the machinery around
 
 | key              | paper (§4, eq. 8-9 and §3.1 eq. 2)       | official (cantbebetter2/RDD, commit 80883607)               |
 |------------------|------------------------------------------|-------------------------------------------------------------|
-| queue_layout     | pixels: real l2-normalised teacher pixels | flat_view: `keys.view(C, -1)` of an (N, C, H, W) map, rows mix channels (MM24_RDD/losses/losses.py) |
+| queue_layout     | pixels: real l2-normalised teacher pixels | flat_view: `keys.view(C, -1)` of an (N, C, H, W) map, rows mix channels (losses/losses.py) |
 | num_contrast (V) | 2,048 (§5.1)                             | 4,096 (the default of `Memory_p2p_loss`, never overridden)  |
 | queue_draw       | filled: evenly over the filled part      | whole: round(linspace(0, N_q - 1, V)), random rows included |
 | queue_push       | after: push once the loss is computed    | before: the batch is pushed, then the contrast is drawn     |

@@ -49,13 +49,13 @@ class DistillationObjective:
     """
 
     def __init__(self, cfg: ExperimentConfig, teacher: nn.Module, teacher_steps: int, tau_cfd: float,
-                 classifier: nn.Module | None = None):
+                 classifier: nn.Module | None = None, loss_weight: str = "truncated_snr"):
         dc = cfg.distill
         self.fidelity: Fidelity = resolve_fidelity(dc)
         self.teacher = teacher.eval().requires_grad_(False)
         self.schedule = schedule_of(teacher)  # noising, target and weight all on the teacher's schedule
         self.teacher_steps = teacher_steps
-        self.loss = MethodLoss.from_config(dc.method, dc, classifier, tau_cfd, cfg.train.seed, self.schedule)
+        self.loss = MethodLoss.from_config(dc.method, dc, classifier, tau_cfd, cfg.train.seed, self.schedule, loss_weight)
         self.modules = self.loss.terms
         self.separately_optimized: list[nn.Parameter] = self.loss.separately_optimized()
         self.temperatures = self.loss.temperatures()

@@ -3,6 +3,8 @@
 Domain metrics use `rdd train-evalnet`'s CNN: FD between its penultimate features of generated and
 test images, IS from its logits. The test split's statistics are computed once and cached to an .npz
 stamped with the evalnet's checksum and the data config, so a changed network or data set recomputes.
+Caches live in rdd's own cache folder (`cache_dir`), never beside an input: the shipped assets stay as
+they are, and a read-only assets folder works.
 Standard FID/IS/KID go through torch-fidelity's Inception-v3 from a local weights file (no download);
 torch-fidelity caches the training set's features (the paper's FID reference) under `cache_root`, named by the same kind of stamp.
 """
@@ -78,6 +80,13 @@ def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------
 # Cache stamps: a cache is reused only for the same network weights and data
 
+def cache_dir() -> Path:
+    """rdd's cache folder: $RDD_CACHE, else $XDG_CACHE_HOME/rdd, else ~/.cache/rdd."""
+    if os.environ.get("RDD_CACHE"):
+        return Path(os.environ["RDD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rdd"
+
+
 def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
     """Checksum of the network + the data fields that change the reference images."""
     fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip", "holdout")}
@@ -135,10 +144,10 @@ def evalnet_outputs(evalnet, images, batch_size: int = 500, progress: bool = Tru
 def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str | Path | None = None, device="cpu",
                          batch_size: int = 500, progress: bool = True, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the evalnet features of `split` (the test set, or 'val': held-out training images
-    for choosing settings without touching the test set), cached to `cache` (default: beside the evalnet)."""
-    default_name = "reference_stats.npz" if split == "test" else f"reference_stats_{split}.npz"
-    cache = Path(cache) if cache else Path(evalnet_path).parent / default_name
+    for choosing settings without touching the test set), cached to `cache` (default: named by its
+    stamp in cache_dir(), so every evalnet and data config has its own file)."""
     key = reference_key(evalnet_path, data, split)
+    cache = Path(cache) if cache else cache_dir() / "reference" / f"{split}-{key}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as f:
@@ -224,7 +233,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
     given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
-    it (default: beside the evalnet and the Inception weights)."""
+    it (default: both in cache_dir())."""
     from rdd.baselines import nfe
     from rdd.model_io import load_diffusion_model
     from rdd.sampling import generate, resolve_steps
@@ -261,7 +270,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress, reference_split)
         result.update(domain_metrics(net, images, stats, batch_size, progress))
     if inception_weights:
-        cache_root = Path(reference_cache).parent if reference_cache else Path(inception_weights).parent / "fidelity_cache"
+        cache_root = Path(reference_cache).parent if reference_cache else cache_dir() / "fidelity"
         result.update(inception_metrics(images, load_dataset(cfg.data, "train"), inception_weights, cache_root,
                                         inception_cache_name(inception_weights, cfg.data), progress=progress))
     check_finite_result(result, num_samples)

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from rdd.config import DataConfig, ModelConfig
-from rdd.diffusion import COSINE, PREDICTION_TYPES, Schedule, schedule_from_config
+from rdd.diffusion import COSINE, EPS_READING_MIN_ALPHA, PREDICTION_TYPES, Schedule, schedule_from_config
 from rdd.errors import RddError
 
 PRESETS: dict[str, dict] = {
@@ -75,16 +75,34 @@ class XPredictionUNet(nn.Module):
         return self.schedule.to_x(out, z_t, t, self.prediction_type)
 
 
-def student_prediction_type(teacher_type: str) -> str:
-    """A PD student reads its output as v where its teacher predicted epsilon: x = (z - sigma eps) / alpha
-    cannot give the student's first step, where alpha_1 is (near) 0 (Salimans & Ho 2022, §4)."""
-    return "v_prediction" if teacher_type == "epsilon" else teacher_type
+def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: str = "auto", loss_weight: str = "auto") -> dict:
+    """How a PD student reads its output, and the loss weight that goes with it (docs/diffusers.md).
+
+    `auto` is the measured recipe: the student of a base epsilon teacher with alpha_1 clearly above 0
+    reads eps, starting exactly at its teacher, under the eps-space weight SNR (the x-space weight
+    max(SNR, 1) lets the t = 1 step, x-hat = (z - sigma eps-hat) / alpha_1, dominate the loss); every
+    later stage, and a zero-terminal-SNR teacher, reads v (that weight leaves t = 1 untrained, which a
+    second eps stage pays for); v and x teachers keep their reading."""
+    alpha_1 = float(teacher.schedule.alpha_sigma(torch.tensor(1.0))[0])
+    if asked != "auto":
+        reading, reason = asked, "set by distill.student_reading"
+    elif teacher.prediction_type != "epsilon":
+        reading, reason = teacher.prediction_type, "the teacher's reading: the student starts as its teacher"
+    elif teacher_distilled:
+        reading, reason = "v_prediction", "a later stage of an eps chain: its eps-read teacher left t = 1 untrained"
+    elif alpha_1 < EPS_READING_MIN_ALPHA:
+        reading, reason = "v_prediction", f"zero terminal SNR (alpha_1 = {alpha_1:.2g}): eps gives no x-hat at t = 1"
+    else:
+        reading, reason = "epsilon", f"base eps teacher, alpha_1 = {alpha_1:.2g}: the student starts as its teacher"
+    if loss_weight == "auto":
+        loss_weight = "snr" if reading == "epsilon" else "truncated_snr"
+    return {"prediction_type": reading, "loss_weight": loss_weight, "alpha_at_t1": alpha_1, "reason": reason}
 
 
-def student_copy(teacher: XPredictionUNet) -> XPredictionUNet:
-    """A PD student starts as a copy of its teacher."""
+def student_copy(teacher: XPredictionUNet, prediction_type: str | None = None) -> XPredictionUNet:
+    """A PD student starts as a copy of its teacher, read as `prediction_type` (default: the teacher's)."""
     student = copy.deepcopy(teacher)
-    student.prediction_type = student_prediction_type(teacher.prediction_type)
+    student.prediction_type = prediction_type or teacher.prediction_type
     return student
 
 

@@ -24,7 +24,7 @@ from rdd import rundir
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, require_keys, save_checkpoint
 from rdd.config import ExperimentConfig, to_dict
 from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
-from rdd.diffusion import ddim_sample
+from rdd.diffusion import EPS_READING_MIN_ALPHA, ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
@@ -122,8 +122,13 @@ class Batches:
                 self.epoch, self.taken, self.iterator = self.epoch + 1, 0, None
 
 
-def _likely_cause(cfg: ExperimentConfig, lr: float, temperatures: dict[str, float]) -> str:
+def _likely_cause(cfg: ExperimentConfig, lr: float, temperatures: dict[str, float], meta: dict) -> str:
     """The usual reasons a loss turns nan or inf, the most specific first; `temperatures` are the objective's."""
+    reading = meta.get("student_reading") or {}
+    if reading.get("prediction_type") == "epsilon" and reading.get("alpha_at_t1", 1.0) < EPS_READING_MIN_ALPHA:
+        return (f"the student reads its output as eps, so at its first step, t = 1, x-hat = (z - sigma eps-hat) / alpha "
+                f"divides by alpha = {reading['alpha_at_t1']:.2g}: the t = 1 term overflows; leave distill.student_reading "
+                "at auto (v there)")
     if lr > 1e-2:
         return f"the learning rate {lr:g} is far too high; lower train.lr (e.g. 2e-4)"
     for key, value in temperatures.items():
@@ -274,7 +279,8 @@ class RunWriter:
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
                 else "no checkpoint was written")
         temperatures = getattr(self.trainer.objective, "temperatures", {})
-        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {_likely_cause(self.cfg, self.lr, temperatures)}, "
+        cause = _likely_cause(self.cfg, self.lr, temperatures, self.meta)
+        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {cause}, "
                         f"then start over with --overwrite; {kept}")
 
     def check_weights(self, at_step: int) -> None:

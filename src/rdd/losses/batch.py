@@ -24,12 +24,13 @@ class DistillBatch:
     t: torch.Tensor | None = None
     classifier: nn.Module | None = None
     schedule: Schedule = field(default_factory=lambda: COSINE)  # the teacher's
+    loss_weight: str = "truncated_snr"  # the stage's omega_t (rdd.diffusion.LOSS_WEIGHTS), chosen with the student's reading
 
     @cached_property
     def weight(self) -> torch.Tensor:
         if self.t is None:
             raise RddError("this loss is weighted by omega_t (eq. 2): pass the times t of the batch")
-        return self.schedule.truncated_snr_weight(self.t)
+        return self.schedule.loss_weight(self.t, self.loss_weight)
 
     @cached_property
     def features_student(self):

@@ -32,7 +32,7 @@ class MethodLoss(nn.Module):
     """
 
     def __init__(self, terms: dict[str, tuple[float, LossTerm]], classifier: nn.Module | None = None,
-                 schedule: Schedule = COSINE):
+                 schedule: Schedule = COSINE, loss_weight: str = "truncated_snr"):
         super().__init__()
         self.terms = nn.ModuleDict({name: term for name, (_, term) in terms.items()})
         self.terms.register_load_state_dict_pre_hook(_rename_old_keys)
@@ -42,10 +42,12 @@ class MethodLoss(nn.Module):
             raise RddError(f"the loss terms {', '.join(readers)} compare classifier features: pass a classifier")
         object.__setattr__(self, "classifier", classifier.eval().requires_grad_(False) if classifier else None)
         self.schedule = schedule
+        self.loss_weight = loss_weight  # omega_t of the terms weighted by it (rdd.diffusion.LOSS_WEIGHTS)
 
     @classmethod
     def from_config(cls, method: str, distill: DistillConfig, classifier: nn.Module | None = None,
-                    tau_cfd: float | None = None, seed: int = 0, schedule: Schedule = COSINE) -> "MethodLoss":
+                    tau_cfd: float | None = None, seed: int = 0, schedule: Schedule = COSINE,
+                    loss_weight: str = "truncated_snr") -> "MethodLoss":
         """The terms of `method` (a name of rdd.registry.METHODS) built from `distill`, each weighted by
         its weight key. tau_cfd defaults to the first stage's; seed draws the queue and head."""
         check_method(method)
@@ -55,7 +57,7 @@ class MethodLoss(nn.Module):
             raise RddError(f"method '{method}' compares classifier features: pass a classifier")
         terms = {name: (1.0 if key is None else getattr(distill, key), term.from_config(config))
                  for name, key, term in classes}
-        return cls(terms, classifier, schedule)
+        return cls(terms, classifier, schedule, loss_weight)
 
     def _apply(self, fn, recurse=True):
         if self.classifier is not None:
@@ -70,7 +72,7 @@ class MethodLoss(nn.Module):
 
     def forward(self, x_student: torch.Tensor, x_target: torch.Tensor,
                 t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        batch = DistillBatch(x_student, x_target, t, self.classifier, self.schedule)
+        batch = DistillBatch(x_student, x_target, t, self.classifier, self.schedule, self.loss_weight)
         total, logs = 0.0, {}
         for name, term in self.terms.items():
             value = term(batch)

@@ -28,7 +28,7 @@ def queue_rows(map_t: torch.Tensor, layout: str) -> torch.Tensor:
     `pixels`: the l2-normalised embedding of each pixel (the paper's text).
     `flat_view`: the public code's enqueue, which normalises along C and then reads the NCHW memory
     as `view(C, -1)` without moving C last: column m of that view is row m here, a mix of
-    channels of different pixels and images (MM24_RDD/losses/losses.py, `_dequeue_and_enqueue`).
+    channels of different pixels and images (losses/losses.py at commit 80883607, `_dequeue_and_enqueue`).
     Rows are l2-normalised again once they are picked, as there.
     """
     if layout == "pixels":

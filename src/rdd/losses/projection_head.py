@@ -10,7 +10,7 @@ class ProjectionHead(nn.Module):
     Trained with the student and discarded at inference. Its initial weights come from `seed` alone
     (not the global random state), so the same run gives the same head, and every process of a
     distributed run starts from the same one. `bias=False` drops the last conv's bias, as the public
-    `Memory_p2p_loss.project_head` does (losses/losses.py of cantbebetter2/RDD).
+    `Memory_p2p_loss.project_head` does (losses/losses.py of cantbebetter2/RDD, commit 80883607).
     """
 
     def __init__(self, channels: int, hidden: int | None = None, bias: bool = True, seed: int = 0):
