@@ -9,7 +9,9 @@ mkdir -p "$DEST"
 cp "$RUN/chain-pd/stage-4to2/model.pt" "$DEST/two_step.pt"
 cp "$RUN/classifier/classifier.pt" "$DEST/classifier.pt"
 cp "$RUN/evalnet/evalnet.pt" "$DEST/evalnet.pt"
-(cd "$DEST" && sha256sum two_step.pt classifier.pt evalnet.pt > SHA256SUMS)
+# Only these three lines change: the other shipped models (base.pt, eight_step.pt, eps_teacher/) keep theirs.
+(cd "$DEST" && { grep -v -E '  (two_step|classifier|evalnet)\.pt$' SHA256SUMS 2>/dev/null || true
+                 sha256sum two_step.pt classifier.pt evalnet.pt; } > SHA256SUMS.new && mv SHA256SUMS.new SHA256SUMS)
 cat "$DEST/SHA256SUMS"
 du -ch "$DEST"/*.pt | tail -1
 
