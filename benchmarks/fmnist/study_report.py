@@ -155,8 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     block = build(Path(args.record), args.measure_teachers)
     text = STUDY.read_text()
-    new = re.sub(r"(<!-- tables:begin -->\n).*?(\n<!-- tables:end -->)", lambda m: m[1] + block + m[2], text, flags=re.S)
-    STUDY.write_text(new)
+    begin, end = "<!-- tables:begin -->\n", "<!-- tables:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{STUDY} has no {begin.strip()} ... {end} block to fill")
+    STUDY.write_text(re.sub(f"{re.escape(begin)}.*?{re.escape(end)}", lambda m: begin + block + "\n" + end, text, flags=re.S))
     print(block)
 
 
