@@ -14,7 +14,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 from helpers import ROOT, run_rdd
 from rdd.config import DataConfig, load_config
 from rdd.data import load_dataset
-from rdd.diffusion import COSINE, DiscreteSchedule, ddim_sample, schedule_of, teacher_two_step_target
+from rdd.diffusion import COSINE, DiscreteSchedule, ddim_sample, teacher_two_step_target
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext
 from rdd.errors import RddError

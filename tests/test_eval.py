@@ -11,7 +11,7 @@ from rdd import metrics
 from rdd.baselines import diffusers_sample
 from rdd.cli import main
 from rdd.config import DataConfig, ModelConfig
-from rdd.data import FASHION_MNIST_DEBIAN, load_dataset, read_idx
+from rdd.data import load_dataset
 from rdd.diffusion import ddim_sample
 from rdd.errors import RddError
 from rdd.model_io import load_diffusion_model

@@ -15,7 +15,6 @@ from rdd.distill import run_progressive
 from rdd.distributed import DistContext
 from rdd.errors import RddError
 from rdd.model_io import export_model, load_diffusion_model
-from rdd.networks import build_model
 from rdd.rundir import RunLock
 
 CPU = DistContext(0, 1, torch.device("cpu"))
