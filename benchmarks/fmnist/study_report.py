@@ -116,17 +116,30 @@ def plot_chain(curves: dict, teacher: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_sensitivity(runs: list[dict], out: Path) -> list[Path]:
+    """FD against each swept value, one line per other setting, as the paper's Fig. 7 and 9 (sweep's own plot)."""
+    from types import SimpleNamespace
+
+    from rdd.sweep import plot_sweep
+
+    keys = dict.fromkeys(k for r in runs for k in r["values"])
+    grid = [(k, sorted({r["values"][k] for r in runs})) for k in keys]
+    plot_sweep(SimpleNamespace(grid=grid, reference="val"), runs, out)
+    return [out / f"plot_{k.replace('.', '_')}.png" for k in keys]
+
+
 def sensitivity_tables(record: Path) -> str:
     parts = []
     for name, title in (("sens-beta", "β"), ("sens-tau-alpha", "τ_M × α")):
         runs = records(record / name)
         if not runs:
             continue
+        figures = "".join(f"\n\n![{title}](study/{name}/{f.name})" for f in plot_sensitivity(runs, record / name))
         points: dict = {}
         for r in runs:
             points.setdefault(r["point"].replace("distill.", ""), []).append(r["final_fd"])
         parts.append(f"RDD (paper) {title}, 500 iterations, validation FD:\n\n"
-                     + markdown_table(["setting", "FD"], [[p, mean_std(v, ".3f")] for p, v in points.items()]))
+                     + markdown_table(["setting", "FD"], [[p, mean_std(v, ".3f")] for p, v in points.items()]) + figures)
     return "\n\n".join(parts) if parts else "Not run yet."
 
 
