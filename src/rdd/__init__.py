@@ -15,8 +15,8 @@ _PUBLIC = {
     "register_method": "rdd.registry",
     "METHODS": "rdd.registry",
     "DistillConfig": "rdd.config",  # the settings MethodLoss.from_config reads
-    "ClassifierOutput": "rdd.classifier",  # what a classifier returns: feature map, pooled vector, logits
-    "load_classifier": "rdd.classifier",
+    "ClassifierOutput": "rdd.classifier_nets",  # what a classifier returns: feature map, pooled vector, logits
+    "load_classifier": "rdd.classifier_nets",
     "load_diffusion_model": "rdd.model_io",
 }
 

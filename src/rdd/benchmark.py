@@ -154,8 +154,10 @@ def run_benchmark(bc: BenchmarkConfig, ctx: DistContext, results: str | Path | N
     timings = Timings(out / "timings.json")
     classifier = out / "classifier" / CLASSIFIER_FILE
     evalnet = evalnet_in(out / "evalnet")
-    timings.run("classifier", classifier, lambda: report_accuracy("classifier", train_classifier(load_config(bc.classifier_config), classifier.parent)))
-    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(load_config(bc.evalnet_config), evalnet.parent)))
+    timings.run("classifier", classifier, lambda: report_accuracy("classifier", train_classifier(
+        load_config(bc.classifier_config), classifier.parent, ctx, resume=True)))
+    timings.run("evalnet", evalnet, lambda: report_accuracy("evalnet", train_classifier(
+        load_config(bc.evalnet_config), evalnet.parent, ctx, resume=True)))
 
     def train_teacher():
         train_base_model(load_config(bc.teacher_config), out / "teacher", ctx, resume=True, desc="teacher")

@@ -64,11 +64,13 @@ def cmd_progressive(args) -> None:
 def cmd_train_classifier(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
-    from rdd.distributed import require_single_process
+    from rdd.distributed import init_distributed
 
-    require_single_process("train-classifier")
-    result = train_classifier(load_config(args.config, args.overrides), args.out)
-    print(f"test accuracy {result['test_accuracy']:.4f}; wrote {result['path']}")
+    cfg = load_config(args.config, args.overrides)
+    ctx = init_distributed()
+    result = train_classifier(cfg, args.out, ctx, resume=args.resume, overwrite=args.overwrite)
+    if ctx.is_main:
+        print(f"test accuracy {result['test_accuracy']:.4f}; wrote {result['path']}")
 
 
 def cmd_export(args) -> None:
@@ -129,16 +131,17 @@ def cmd_eval(args) -> None:
 def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
-    from rdd.distributed import require_single_process
+    from rdd.distributed import init_distributed
     from rdd.metrics import EVALNET_SEED_OFFSET
 
-    require_single_process("train-evalnet")
     cfg = load_config(args.config, args.overrides)
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
-    result = train_classifier(cfg, args.out, arch="evalnet-cnn", seed=seed)
-    print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
+    ctx = init_distributed()
+    result = train_classifier(cfg, args.out, ctx, arch="evalnet-cnn", seed=seed, resume=args.resume, overwrite=args.overwrite)
+    if ctx.is_main:
+        print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
 
 
 def cmd_report(args) -> None:
@@ -247,15 +250,15 @@ def _add_training_commands(sub) -> None:
         p.add_argument("--overwrite", action="store_true", help="delete the run(s) already in --out and start over")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("train-classifier", help="train the frozen feature classifier of RCFD/RDD")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="folder for classifier.pt and metrics.jsonl")
-    p.set_defaults(func=cmd_train_classifier)
-
-    p = sub.add_parser("train-evalnet", help="train the independent evaluation network of the domain FD metric")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="folder for evalnet.pt and metrics.jsonl")
-    p.set_defaults(func=cmd_train_evalnet)
+    for name, func, kind, text in [
+            ("train-classifier", cmd_train_classifier, "classifier", "train the frozen feature classifier of RCFD/RDD"),
+            ("train-evalnet", cmd_train_evalnet, "evalnet", "train the independent evaluation network of the domain FD metric")]:
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("--out", required=True, help=f"run folder: {kind}.pt, {kind}-metrics.jsonl, {kind}-state.pt")
+        p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+        p.add_argument("--overwrite", action="store_true", help=f"delete the {kind} run already in --out and start over")
+        p.set_defaults(func=func)
 
 
 def _add_sweep_command(sub) -> None:
@@ -344,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resume_hint(args) -> str:
     """How the interrupted command continues; the commands not named here start over."""
     overwrite = getattr(args, "overwrite", False)
-    if args.command in ("train", "distill"):
+    if args.command in ("train", "distill", "train-classifier", "train-evalnet"):
         return "; resume with the same command and --resume" + (" instead of --overwrite" if overwrite else "")
     if args.command in ("progressive", "benchmark", "sweep", "demo"):  # they always resume
         return "; run the same command again" + (" without --overwrite" if overwrite else "") + " to resume"

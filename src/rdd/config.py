@@ -101,10 +101,12 @@ class ClassifierConfig:
     autoaugment: bool = False
     seed: int = 0
     train_limit: int | None = None  # train on the first N images only (quick runs)
+    ckpt_every: int = 500  # iterations between resumable checkpoints (classifier-state.pt), besides each epoch's end
 
     def __post_init__(self):
         _at_least("classifier.epochs", self.epochs, 1)
         _at_least("classifier.batch_size", self.batch_size, 1)
+        _at_least("classifier.ckpt_every", self.ckpt_every, 1)
         _positive("classifier.lr", self.lr)
         _check("classifier.momentum", self.momentum, 0 <= self.momentum < 1, "a number in [0, 1)")
         _at_least("classifier.weight_decay", self.weight_decay, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rdd.classifier import FeatureClassifier, load_classifier
+from rdd.classifier_nets import FeatureClassifier, load_classifier
 from rdd.config import ExperimentConfig
 from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier

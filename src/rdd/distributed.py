@@ -35,13 +35,6 @@ def world_size() -> int:
     return _env_int("WORLD_SIZE", "1", 1, None, "a process count")
 
 
-def require_single_process(command: str) -> None:
-    """For the commands that do not split their work over torchrun's processes."""
-    world = world_size()
-    if world > 1:
-        raise RddError(f"rdd {command} runs in a single process; start it without torchrun (WORLD_SIZE={world})")
-
-
 def default_device(local_rank: int = 0) -> torch.device:
     """The one device choice: this process's GPU when there is one, else the CPU."""
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -114,7 +114,7 @@ def evalnet_in(folder: Path) -> Path:
 
 
 def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
-    from rdd.classifier import load_classifier
+    from rdd.classifier_nets import load_classifier
 
     if not Path(path).is_file():
         raise RddError(f"evaluation network '{path}' not found; pass a checkpoint of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")

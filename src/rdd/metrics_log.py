@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 
 
 class MetricsLog:
-    def __init__(self, out_dir: str | Path, enabled: bool = True, name: str = "metrics.jsonl"):
+    def __init__(self, out_dir: str | Path, enabled: bool = True, name: str = "metrics.jsonl", tensorboard: str = "tensorboard"):
         self.enabled = enabled
         self.path = Path(out_dir) / name
         self.tb = None
@@ -19,7 +19,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+                self.tb = SummaryWriter(str(Path(out_dir) / tensorboard))
             except ImportError:
                 pass
 

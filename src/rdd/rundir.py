@@ -1,6 +1,6 @@
 """Run folders that cannot be silently damaged: a manifest, a lock, and no stale temporary files.
 
-`run.json` records what defines a run: the config, the method's meta (step counts, the stage's
+The manifest (`run.json`; `classifier-run.json` and so on for the other kinds, rdd.layout.RUN_FILES) records what defines a run: the config, the method's meta (step counts, the stage's
 temperature) and the sha256 of every input file (teacher, classifier). A run folder is entered
 only under its lock, and only as its manifest allows: a new run refuses an existing one unless
 told to resume or to start over, and a resumed run refuses any changed defining setting.
@@ -19,16 +19,13 @@ from rdd.config import ExperimentConfig, to_dict
 from rdd.distributed import DistContext, broadcast_object
 from rdd.errors import RddError
 from rdd.files import digest
-from rdd.layout import MODEL_FILE, TRAIN_STATE
-
-MANIFEST = "run.json"
-LOCK = ".lock"
-OUTPUTS = (TRAIN_STATE, MANIFEST, MODEL_FILE, "metrics.jsonl", "samples.png", "grids", "snapshots", "tensorboard")
+from rdd.layout import DIFFUSION_FILES, RUN_FILES, RunFiles
 
 # Settings a resumed run may change: how long it trains (longer only), how often it logs, saves and
 # samples, and evaluation. A chain's target step count does not change any one stage either.
 RESUMABLE = {"train.iterations", "distill.iterations", "train.log_every", "train.ckpt_every", "train.sample_every",
-             "train.snapshot_at", "train.num_grid", "data.num_workers", "distill.target_steps"}
+             "train.snapshot_at", "train.num_grid", "data.num_workers", "distill.target_steps",
+             "classifier.ckpt_every", "classifier.checkpoint"}  # a classifier run trains a classifier, it reads none
 INPUT_FILES = ("teacher", "classifier")  # meta entries that name files: compared by digest, not by path
 
 
@@ -67,8 +64,19 @@ def check_output_path(path: str | Path, flag: str, inputs: dict | None = None) -
 
 
 def run_kind(meta: dict) -> str:
-    """Which command's run a folder holds: train (a base model), distill, or meta's own kind."""
+    """Which command's run a folder holds: train (a base model), distill, or meta's own kind (classifier, evalnet)."""
     return meta.get("kind") or ("train" if meta.get("method") in (None, "base") else "distill")
+
+
+def run_files(m: dict) -> RunFiles:
+    """The file names of the run a manifest describes."""
+    return RUN_FILES[m.get("kind") or run_kind(m["meta"])]
+
+
+# What defines a run, by kind: a base model is trained from the model, data and train sections alone;
+# a stage adds distill; a classifier is trained from the data and classifier sections.
+DEFINING_SECTIONS = {"train": ("model", "data", "train"), "distill": ("model", "data", "train", "distill"),
+                     "classifier": ("data", "classifier"), "evalnet": ("data", "classifier")}
 
 
 def manifest(cfg: ExperimentConfig, meta: dict, iterations: int) -> dict:
@@ -90,8 +98,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 def defining_settings(m: dict) -> dict:
     """The flattened settings that must not change on resume."""
-    # A base model is trained from the model, data and train sections alone; a stage adds distill.
-    sections = ("model", "data", "train") if m["meta"].get("method") in (None, "base") else ("model", "data", "train", "distill")
+    sections = DEFINING_SECTIONS[m.get("kind") or run_kind(m["meta"])]
     settings = {k: v for k, v in _flatten(m["config"]).items()
                 if k.split(".")[0] in sections and k not in RESUMABLE}
     settings.update(_flatten(m["meta"], "meta."))
@@ -108,8 +115,8 @@ def differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {shown(k, a.get(k))} -> {shown(k, b.get(k))}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = folder / MANIFEST
+def read_manifest(folder: Path, files: RunFiles = DIFFUSION_FILES) -> dict | None:
+    path = folder / files.manifest
     if not path.is_file():
         return None
     try:
@@ -123,7 +130,7 @@ def read_manifest(folder: Path) -> dict | None:
 
 def check_same_run(folder: Path, expected: dict, what: str) -> None:
     """Refuse to continue (or reuse) the run in `folder` when a defining setting changed."""
-    recorded = read_manifest(folder)
+    recorded = read_manifest(folder, run_files(expected))
     if recorded is None:
         return  # a folder from before run.json: nothing to compare with
     diffs = differences(recorded, expected)
@@ -137,9 +144,9 @@ class RunLock:
     """An exclusive flock on the folder's .lock, held while this process writes the run; the kernel
     releases it when the process dies, so a killed run never leaves the folder locked."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str = DIFFUSION_FILES.lock):
         folder.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,26 +169,30 @@ class RunLock:
         self.release()
 
 
-def remove_stale_temp_files(folder: Path) -> None:
-    """Temporary files of atomic writes that a kill left behind (only safe under the lock)."""
-    for tmp in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+def remove_stale_temp_files(folder: Path, files: RunFiles) -> None:
+    """Temporary files of atomic writes of this kind of run that a kill left behind (only safe under its
+    lock; another kind's run may be writing its own in the same folder)."""
+    stale = [tmp for name in files.outputs for tmp in folder.glob(f".{name}.*tmp")]
+    stale += [tmp for name in files.outputs if (folder / name).is_dir() for tmp in (folder / name).glob(".*.tmp")]
+    for tmp in stale:
         tmp.unlink(missing_ok=True)
 
 
 def _prepare(folder: Path, expected: dict, resume: bool, overwrite: bool) -> None:
-    remove_stale_temp_files(folder)
-    exists = (folder / MANIFEST).is_file() or (folder / TRAIN_STATE).is_file()
-    foreign = [name for name in OUTPUTS if (folder / name).exists()] if not (folder / MANIFEST).is_file() else []
+    files = run_files(expected)
+    remove_stale_temp_files(folder, files)
+    exists = (folder / files.manifest).is_file() or (folder / files.state).is_file()
+    foreign = [name for name in files.outputs if (folder / name).exists()] if not (folder / files.manifest).is_file() else []
     if foreign:  # files a run would write, but no run record says an rdd run of this kind wrote them
         raise RddError(f"'{folder}' already holds {', '.join(foreign)}, which no rdd run recorded; "
                        "move them away or choose another --out (nothing was changed)")
-    recorded = read_manifest(folder)
+    recorded = read_manifest(folder, files)
     kind = expected.get("kind", "train")
     if recorded is not None and recorded.get("kind", run_kind(recorded["meta"])) != kind:
         raise RddError(f"'{folder}' holds a {recorded.get('kind', run_kind(recorded['meta']))} run, not a {kind} run; "
                        "--overwrite and --resume only touch a run of the same command; choose another --out")
     if overwrite:
-        for name in OUTPUTS:
+        for name in files.outputs:
             path = folder / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -203,7 +214,7 @@ def open_run(folder: Path, expected: dict | None, ctx: DistContext, *, resume: b
             check_inputs_outside(folder, {name: f["path"] for name, f in expected["files"].items()})
             if folder.exists() and not folder.is_dir():
                 raise RddError(f"--out '{folder}' is a file, not a run folder; pass another --out")
-            lock = RunLock(folder)
+            lock = RunLock(folder, run_files(expected).lock)
             _prepare(folder, expected, resume, overwrite)
         except RddError as e:
             error = str(e)

@@ -10,25 +10,26 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rdd import rundir
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, require_keys, save_checkpoint
-from rdd.config import ExperimentConfig, to_dict
+from rdd.config import ExperimentConfig, TrainConfig, to_dict
 from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
 from rdd.diffusion import EPS_READING_MIN_ALPHA, ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
-from rdd.layout import MODEL_FILE, TRAIN_STATE
+from rdd.layout import DIFFUSION_FILES, MODEL_FILE, RunFiles
 from rdd.metrics_log import MetricsLog, save_grid
 from rdd.model_io import export_model
 
@@ -85,19 +86,18 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Batches:
-    """Endless (x, labels) batches in a resumable order: the position is (epoch, batches taken)."""
+    """Endless (x, labels) batches in a resumable order: the position is (epoch, batches taken).
+    `setting` names the batch size in the error of a batch larger than the data set."""
 
-    def __init__(self, cfg: ExperimentConfig, ctx: DistContext, per_rank_batch: int):
-        if cfg.model.num_classes > class_count(cfg.data):
-            raise RddError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dataset} has {class_count(cfg.data)} "
-                           f"classes; set model.num_classes to at most {class_count(cfg.data)} (0: unconditional)")
-        dataset = load_dataset(cfg.data, "train")
+    def __init__(self, dataset: Dataset, per_rank_batch: int, seed: int, ctx: DistContext, num_workers: int = 0, *,
+                 setting: str = "train.batch_size", name: str = "the data set"):
         if len(dataset) // ctx.world < per_rank_batch:  # drop_last would leave no batch: an endless loop
-            raise RddError(f"train.batch_size {per_rank_batch * ctx.world} is larger than the {len(dataset)} training images of "
-                           f"{cfg.data.dataset}{f' over {ctx.world} processes' if ctx.world > 1 else ''}; lower train.batch_size")
-        self.sampler = ResumableSampler(len(dataset), cfg.train.seed, ctx.rank, ctx.world)
+            raise RddError(f"{setting} {per_rank_batch * ctx.world} is larger than the {len(dataset)} training images of "
+                           f"{name}{f' over {ctx.world} processes' if ctx.world > 1 else ''}; lower {setting}")
+        self.sampler = ResumableSampler(len(dataset), seed, ctx.rank, ctx.world)
         self.loader_args = dict(dataset=dataset, batch_size=per_rank_batch, sampler=self.sampler, drop_last=True,
-                                num_workers=cfg.data.num_workers, pin_memory=ctx.device.type == "cuda")
+                                num_workers=num_workers, pin_memory=ctx.device.type == "cuda")
+        self.per_epoch = self.sampler.per_rank // per_rank_batch
         self.epoch, self.taken = 0, 0
         self.iterator = None
 
@@ -122,83 +122,106 @@ class Batches:
                 self.epoch, self.taken, self.iterator = self.epoch + 1, 0, None
 
 
-def _likely_cause(cfg: ExperimentConfig, lr: float, temperatures: dict[str, float], meta: dict) -> str:
+def per_rank_batch(batch_size: int, ctx: DistContext, setting: str) -> int:
+    """The share of a global batch each process takes, refused when it does not split evenly."""
+    if batch_size % ctx.world:
+        raise RddError(f"{setting} {batch_size} does not split over {ctx.world} processes; use a multiple of {ctx.world}")
+    return batch_size // ctx.world
+
+
+def diffusion_batches(cfg: ExperimentConfig, ctx: DistContext) -> Batches:
+    if cfg.model.num_classes > class_count(cfg.data):
+        raise RddError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.dataset} has {class_count(cfg.data)} "
+                       f"classes; set model.num_classes to at most {class_count(cfg.data)} (0: unconditional)")
+    return Batches(load_dataset(cfg.data, "train"), per_rank_batch(cfg.train.batch_size, ctx, "train.batch_size"),
+                   cfg.train.seed, ctx, cfg.data.num_workers, name=cfg.data.dataset)
+
+
+@dataclass
+class Recipe:
+    """How a run optimises its model: the optimiser and LR schedule, the gradient clip, the EMA, bf16."""
+
+    lr: float
+    lr_setting: str  # the config key of the learning rate, named when training diverges
+    usual_lr: float  # a learning rate 50 times this is named as the likely cause of a divergence
+    optimizer: Callable[[list], torch.optim.Optimizer]
+    scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+    grad_clip: float = 0.0  # 0: no clip
+    ema_decay: float | None = None  # None: no EMA, the trained weights are the result
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+
+
+def adam_recipe(tc: TrainConfig, lr: float, iterations: int) -> Recipe:
+    """The diffusion models': Adam with warmup and an optional cosine decay, gradient clipping and an EMA."""
+    return Recipe(lr, "train.lr", 2e-4, lambda params: torch.optim.Adam(params, lr=lr),
+                  lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                      opt, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule)),
+                  grad_clip=tc.grad_clip, ema_decay=tc.ema_decay, bf16=tc.bf16)
+
+
+def _likely_cause(recipe: Recipe, temperatures: dict[str, float], meta: dict) -> str:
     """The usual reasons a loss turns nan or inf, the most specific first; `temperatures` are the objective's."""
     reading = meta.get("student_reading") or {}
     if reading.get("prediction_type") == "epsilon" and reading.get("alpha_at_t1", 1.0) < EPS_READING_MIN_ALPHA:
         return (f"the student reads its output as eps, so at its first step, t = 1, x-hat = (z - sigma eps-hat) / alpha "
                 f"divides by alpha = {reading['alpha_at_t1']:.2g}: the t = 1 term overflows; leave distill.student_reading "
                 "at auto (v there)")
-    if lr > 1e-2:
-        return f"the learning rate {lr:g} is far too high; lower train.lr (e.g. 2e-4)"
+    lr, setting = recipe.lr, recipe.lr_setting
+    if lr > 50 * recipe.usual_lr:
+        return f"the learning rate {lr:g} is far too high; lower {setting} (e.g. {recipe.usual_lr:g})"
     for key, value in temperatures.items():
         if value < 1e-2:
             return f"a temperature near 0 ({key}={value:g}) overflows the softmax; raise it"
-    if cfg.train.bf16:
+    if recipe.bf16:
         return "bf16 autocast overflowed; set train.bf16=false"
-    return f"the learning rate {lr:g} may be too high for this model; lower train.lr or set train.grad_clip"
-
-
-def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: str | Path, ctx: DistContext, *,
-        iterations: int, lr: float, meta: dict, resume: bool = False, overwrite: bool = False,
-        grid_steps: int | None = None, desc: str = "train") -> nn.Module:
-    """Train `model` on `objective` for `iterations` steps in the run folder `out_dir`; returns the EMA model.
-
-    The folder is locked while the run writes it and checked against its run.json (rdd.rundir): without
-    `resume` or `overwrite` an existing run there is refused, `resume` continues it only with the same
-    defining settings, `overwrite` deletes it first.
-    """
-    out_dir = Path(out_dir)
-    if 0 < iterations <= cfg.train.warmup:
-        raise RddError(f"train.warmup {cfg.train.warmup} is not shorter than the run ({iterations} iterations); "
-                       "lower train.warmup or train longer")
-    if cfg.train.batch_size % ctx.world:
-        raise RddError(f"train.batch_size {cfg.train.batch_size} does not split over {ctx.world} processes; "
-                       f"use a multiple of {ctx.world}")
-    batches = Batches(cfg, ctx, cfg.train.batch_size // ctx.world)  # checked before the folder is touched
-    expected = rundir.manifest(cfg, meta, iterations) if ctx.is_main else None
-    with rundir.open_run(out_dir, expected, ctx, resume=resume, overwrite=overwrite) or nullcontext():
-        return _train(cfg, model, objective, out_dir, ctx, expected, batches, iterations=iterations, lr=lr, meta=meta,
-                      resume=resume, grid_steps=grid_steps, desc=desc)
+    clip = " or set train.grad_clip" if setting == "train.lr" else ""
+    return f"the learning rate {lr:g} may be too high for this model; lower {setting}{clip}"
 
 
 class Trainer:
-    """One run's trainable state and its step: the model (DDP-wrapped under torchrun), its EMA, the
-    objective's trainable parts, the optimisers and the LR schedule. `state_dict`/`load_state_dict`
-    are what a checkpoint holds of it; `train_step` is the loop's one step (benchmarks time it too)."""
+    """One run's trainable state and its step: the model (DDP-wrapped under torchrun, SyncBatchNorm on
+    GPUs), its EMA, the objective's trainable parts, the optimisers and the LR schedule of its `recipe`
+    (default: the diffusion models' Adam, from cfg.train). `state_dict`/`load_state_dict` are what a
+    checkpoint holds of it; `train_step` is the loop's one step (benchmarks time it too)."""
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, objective: Objective, ctx: DistContext, *,
-                 iterations: int, lr: float):
-        tc = cfg.train
-        self.cfg, self.ctx, self.objective, self.step = cfg, ctx, objective, 0
+                 iterations: int, lr: float, recipe: Recipe | None = None):
+        self.recipe = recipe or adam_recipe(cfg.train, lr, iterations)
+        self.ctx, self.objective, self.step = ctx, objective, 0
         self.model = model.to(ctx.device)
         objective.modules.to(ctx.device)
         if ctx.world > 1 and ctx.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
         broadcast_module(objective.modules)  # like DDP for the model: every rank starts from rank 0's head and queue
         # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
-        self.train_model = DistributedDataParallel(model) if ctx.world > 1 else model
-        self.ema = EMA(model, tc.ema_decay)
+        self.train_model = DistributedDataParallel(self.model) if ctx.world > 1 else self.model
+        self.ema = EMA(self.model, self.recipe.ema_decay) if self.recipe.ema_decay is not None else None
         self.trainable = [p for p in objective.modules.parameters() if p.requires_grad]
         # The public RDD code trains its projection head with its own Adam at a constant lr, outside the clip.
         separate = {id(p) for p in getattr(objective, "separately_optimized", [])}
-        self.params = list(model.parameters()) + [p for p in self.trainable if id(p) not in separate]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.params = list(self.model.parameters()) + [p for p in self.trainable if id(p) not in separate]
+        self.optimizer = self.recipe.optimizer(self.params)
         own = [p for p in self.trainable if id(p) in separate]
-        self.objective_optimizer = torch.optim.Adam(own, lr=lr) if own else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule))
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and ctx.device.type == "cuda")
+        self.objective_optimizer = torch.optim.Adam(own, lr=self.recipe.lr) if own else None
+        self.scheduler = self.recipe.scheduler(self.optimizer)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.recipe.bf16 and ctx.device.type == "cuda")
+
+    @property
+    def result(self) -> nn.Module:
+        """What the run produces: the EMA model, or the trained one where the recipe keeps no EMA."""
+        return self.ema.model if self.ema is not None else self.model
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+        return {"model": self.model.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
                 "objective": self.objective.modules.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step,
                 "objective_optimizer": self.objective_optimizer.state_dict() if self.objective_optimizer else None}
 
     def load_state_dict(self, state: dict, path: Path) -> None:
         load_module_state(self.model, state["model"], path, "model")
-        load_module_state(self.ema.model, state["ema"], path, "EMA")
+        if self.ema is not None:
+            load_module_state(self.ema.model, state["ema"], path, "EMA")
         load_module_state(self.objective.modules, state["objective"], path, "objective")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.objective_optimizer is not None:
@@ -207,7 +230,7 @@ class Trainer:
         self.step = state["step"]
 
     def nonfinite_weight(self) -> str | None:
-        return first_nonfinite(self.model.state_dict()) or first_nonfinite(self.ema.model.state_dict())
+        return first_nonfinite(self.model.state_dict()) or (self.ema and first_nonfinite(self.ema.model.state_dict()))
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -226,8 +249,8 @@ class Trainer:
                 dist.all_reduce(p.grad)
                 p.grad /= self.ctx.world
         grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if self.cfg.train.grad_clip > 0:
-            nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, grad_norm)
+        if self.recipe.grad_clip > 0:
+            nn.utils.clip_grads_with_norm_(self.params, self.recipe.grad_clip, grad_norm)
         return grad_norm
 
     def update(self) -> None:
@@ -235,8 +258,10 @@ class Trainer:
         if self.objective_optimizer is not None:
             self.objective_optimizer.step()
         self.scheduler.step()
+        average_batchnorm_stats(self.model)
         average_batchnorm_stats(self.objective.modules)
-        self.ema.update(self.model)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -258,29 +283,61 @@ class NonFiniteStep(Exception):
     """The loss or its gradient was nan or inf; nothing was updated."""
 
 
-class RunWriter:
-    """What a run writes besides its weights: checkpoints, the metrics log, grids, snapshots and the model."""
+class RunHooks(Protocol):
+    """What a kind of run adds to the loop: how a batch reaches the objective, and what it writes along
+    the way and at the end (the writer gives the trainer, the log and the folder). `state_dict` is called
+    on every process at each checkpoint and travels in it, so a resumed run continues the hooks too."""
 
-    def __init__(self, cfg: ExperimentConfig, trainer: Trainer, batches: Batches, out_dir: Path, meta: dict,
-                 grid_steps: int, lr: float):
-        self.cfg, self.trainer, self.batches, self.out_dir, self.meta, self.lr = cfg, trainer, batches, out_dir, meta, lr
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ...
+
+    def after_step(self, writer: RunWriter, done: int, loss: torch.Tensor, logs: dict) -> None:
+        ...
+
+    def finish(self, writer: RunWriter, iterations: int) -> None:
+        ...
+
+    def state_dict(self) -> dict:
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
+@dataclass
+class RunPlan:
+    """One run of the loop, besides its model and objective: what it writes where, how it optimises,
+    its data, its length, and its hooks."""
+
+    files: RunFiles
+    recipe: Recipe
+    batches: Batches
+    hooks: RunHooks
+    iterations: int
+    seed: int  # each process's torch generator starts at seed * 1000 + rank
+    meta: dict
+    ckpt_every: int
+    log_every: int | None = None  # a metrics row every N steps; None: the hooks write their own rows
+    desc: str = "train"
+    progress: bool = True
+
+
+class RunWriter:
+    """What a run writes besides its weights: checkpoints and the metrics log; the hooks write the rest."""
+
+    def __init__(self, cfg: ExperimentConfig, trainer: Trainer, plan: RunPlan, out_dir: Path):
+        self.cfg, self.trainer, self.plan, self.out_dir = cfg, trainer, plan, out_dir
         self.ctx = trainer.ctx
-        self.state_path = out_dir / TRAIN_STATE
+        self.state_path = out_dir / plan.files.state
         self.saved_step = None
-        self.log = MetricsLog(out_dir, enabled=self.ctx.is_main)
-        tc, device = cfg.train, self.ctx.device
-        grid_gen = torch.Generator().manual_seed(1234)
-        self.grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution,
-                                      generator=grid_gen).to(device)
-        self.grid_labels = (torch.arange(tc.num_grid, device=device) % cfg.model.num_classes) if cfg.model.num_classes else None
-        self.grid_steps = grid_steps or tc.sample_steps
+        self.log = MetricsLog(out_dir, enabled=self.ctx.is_main, name=plan.files.metrics, tensorboard=plan.files.tensorboard)
 
     def diverged(self, at_step: int, what: str) -> RddError:
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
                 else "no checkpoint was written")
         temperatures = getattr(self.trainer.objective, "temperatures", {})
-        cause = _likely_cause(self.cfg, self.lr, temperatures, self.meta)
-        return RddError(f"training stopped at step {at_step}: {what}; likely cause: {cause}, "
+        cause = _likely_cause(self.trainer.recipe, temperatures, self.plan.meta)
+        return RddError(f"training stopped at step {at_step}: {what}; it diverged, likely cause: {cause}, "
                         f"then start over with --overwrite; {kept}")
 
     def check_weights(self, at_step: int) -> None:
@@ -292,59 +349,122 @@ class RunWriter:
     def save(self, at_step: int) -> None:
         self.check_weights(at_step)
         rng = all_gather_objects(_rng_state())
+        hooks = self.plan.hooks.state_dict()
         if self.ctx.is_main:
-            save_checkpoint({**self.trainer.state_dict(), "rng": rng, "data": self.batches.state(),
-                             "config": to_dict(self.cfg), "meta": self.meta}, self.state_path)
+            save_checkpoint({**self.trainer.state_dict(), "rng": rng, "data": self.plan.batches.state(), "hooks": hooks,
+                             "config": to_dict(self.cfg), "meta": self.plan.meta}, self.state_path)
         self.saved_step = at_step
 
     def resume(self, state: dict) -> None:
         self.trainer.load_state_dict(state, self.state_path)
         self.saved_step = state["step"]
-        self.batches.restore(state["data"])
+        self.plan.batches.restore(state["data"])
+        self.plan.hooks.load_state_dict(state.get("hooks", {}))  # checkpoints from before hooks had none
         _set_rng_state(state["rng"][self.ctx.rank])
         self.log.truncate_after(state["step"])
 
-    def write_grid(self, at_step: int) -> Path:
-        path = self.out_dir / "grids" / f"step{at_step:07d}.png"
-        if self.ctx.is_main:
-            save_grid(ddim_sample(self.trainer.ema.model, self.grid_noise, self.grid_steps, self.grid_labels), path)
-        return path
-
-    def after_step(self, done: int, iterations: int, loss, logs: dict, grad_norm, bar) -> None:
-        """The loop's hooks: log, checkpoint, grid and snapshot when each is due."""
-        tc = self.cfg.train
-        if done % tc.log_every == 0 or done == iterations:
+    def after_step(self, done: int, loss, logs: dict, grad_norm, bar) -> None:
+        """The loop's hooks: log and checkpoint when each is due, then the kind's own."""
+        iterations, log_every = self.plan.iterations, self.plan.log_every
+        if log_every and (done % log_every == 0 or done == iterations):
             values = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.trainer.scheduler.get_last_lr()[0],
                       **{k: float(v) for k, v in logs.items()}}
             self.log.write(done, **values)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
-        if done % tc.ckpt_every == 0 and done < iterations:
+        self.plan.hooks.after_step(self, done, loss, logs)
+        if done % self.plan.ckpt_every == 0 and done < iterations:
             self.save(done)
-        if tc.sample_every and done % tc.sample_every == 0:
-            self.write_grid(done)
-        if done in tc.snapshot_at and done < iterations:
-            self.check_weights(done)
-            if self.ctx.is_main:
-                export_model(self.out_dir / "snapshots" / f"model-{done:07d}.pt", self.trainer.ema.model, self.cfg,
-                             {**self.meta, "iteration": done})
 
-    def finish(self, iterations: int) -> None:
-        self.save(iterations)
-        if self.ctx.is_main:
-            export_model(self.out_dir / MODEL_FILE, self.trainer.ema.model, self.cfg, self.meta)
-            final_grid = self.out_dir / "grids" / f"step{iterations:07d}.png"
-            if not final_grid.exists():
-                self.write_grid(iterations)
-            (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+    def finish(self) -> None:
+        self.save(self.plan.iterations)
+        self.plan.hooks.finish(self, self.plan.iterations)
         self.log.close()
 
 
-def _read_state(out_dir: Path, iterations: int, resume: bool) -> dict | None:
+class SampleOutputs:
+    """The hooks of a diffusion model's run: flipped batches, sample grids, snapshots, and model.pt."""
+
+    def __init__(self, cfg: ExperimentConfig, out_dir: Path, meta: dict, grid_steps: int | None, device: torch.device):
+        self.cfg, self.out_dir, self.meta = cfg, out_dir, meta
+        tc = cfg.train
+        grid_gen = torch.Generator().manual_seed(1234)
+        self.grid_noise = torch.randn(tc.num_grid, cfg.data.channels, cfg.data.resolution, cfg.data.resolution,
+                                      generator=grid_gen).to(device)
+        self.grid_labels = (torch.arange(tc.num_grid, device=device) % cfg.model.num_classes) if cfg.model.num_classes else None
+        self.grid_steps = grid_steps or tc.sample_steps
+
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cfg.data.hflip:
+            x = random_hflip(x)
+        return x, labels if self.cfg.model.num_classes else None
+
+    def write_grid(self, writer: RunWriter, at_step: int) -> Path:
+        path = self.out_dir / "grids" / f"step{at_step:07d}.png"
+        if writer.ctx.is_main:
+            save_grid(ddim_sample(writer.trainer.result, self.grid_noise, self.grid_steps, self.grid_labels), path)
+        return path
+
+    def after_step(self, writer: RunWriter, done: int, loss: torch.Tensor, logs: dict) -> None:
+        tc = self.cfg.train
+        if tc.sample_every and done % tc.sample_every == 0:
+            self.write_grid(writer, done)
+        if done in tc.snapshot_at and done < writer.plan.iterations:
+            writer.check_weights(done)
+            if writer.ctx.is_main:
+                export_model(self.out_dir / "snapshots" / f"model-{done:07d}.pt", writer.trainer.result, self.cfg,
+                             {**self.meta, "iteration": done})
+
+    def finish(self, writer: RunWriter, iterations: int) -> None:
+        if writer.ctx.is_main:
+            export_model(self.out_dir / MODEL_FILE, writer.trainer.result, self.cfg, self.meta)
+            final_grid = self.out_dir / "grids" / f"step{iterations:07d}.png"
+            if not final_grid.exists():
+                self.write_grid(writer, iterations)
+            (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: str | Path, ctx: DistContext, *,
+        iterations: int, lr: float, meta: dict, resume: bool = False, overwrite: bool = False,
+        grid_steps: int | None = None, desc: str = "train") -> nn.Module:
+    """Train the diffusion model `model` on `objective` for `iterations` steps in the run folder `out_dir`;
+    returns the EMA model. See `run_loop` for the folder's rules."""
+    if 0 < iterations <= cfg.train.warmup:
+        raise RddError(f"train.warmup {cfg.train.warmup} is not shorter than the run ({iterations} iterations); "
+                       "lower train.warmup or train longer")
+    tc = cfg.train
+    plan = RunPlan(files=DIFFUSION_FILES, recipe=adam_recipe(tc, lr, iterations),
+                   batches=diffusion_batches(cfg, ctx),  # checked before the folder is touched
+                   hooks=SampleOutputs(cfg, Path(out_dir), meta, grid_steps, ctx.device), iterations=iterations,
+                   seed=tc.seed, meta=meta, ckpt_every=tc.ckpt_every, log_every=tc.log_every, desc=desc)
+    return run_loop(cfg, model, objective, out_dir, ctx, plan, resume=resume, overwrite=overwrite)
+
+
+def run_loop(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: str | Path, ctx: DistContext,
+             plan: RunPlan, *, resume: bool = False, overwrite: bool = False) -> nn.Module:
+    """The one training loop of every command: train `model` on `objective` as `plan` says; returns the
+    trained model (its EMA where the recipe keeps one).
+
+    The folder is locked while the run writes it and checked against its manifest (rdd.rundir): without
+    `resume` or `overwrite` an existing run there is refused, `resume` continues it only with the same
+    defining settings, `overwrite` deletes it first.
+    """
+    out_dir = Path(out_dir)
+    expected = rundir.manifest(cfg, plan.meta, plan.iterations) if ctx.is_main else None
+    with rundir.open_run(out_dir, expected, ctx, resume=resume, overwrite=overwrite) or nullcontext():
+        return _train(cfg, model, objective, out_dir, ctx, expected, plan, resume=resume)
+
+
+def _read_state(path: Path, out_dir: Path, iterations: int, resume: bool) -> dict | None:
     """The training state to resume from, checked before anything is written: a refused resume leaves the folder as it was."""
-    state_path = out_dir / TRAIN_STATE
-    state = load_checkpoint(state_path) if resume and state_path.is_file() else None
+    state = load_checkpoint(path) if resume and path.is_file() else None
     if state is not None:
-        require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], state_path, "training-state")
+        require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], path, "training-state")
         if state["step"] > iterations:
             raise RddError(f"the run in '{out_dir}' has done {state['step']} steps; resuming it for {iterations} would undo "
                            f"some: set the iterations to at least {state['step']}, or start over with --overwrite")
@@ -352,33 +472,30 @@ def _read_state(out_dir: Path, iterations: int, resume: bool) -> dict | None:
 
 
 def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: Path, ctx: DistContext,
-           manifest: dict | None, batches: Batches, *, iterations: int, lr: float, meta: dict, resume: bool,
-           grid_steps: int | None, desc: str) -> nn.Module:
-    state = _read_state(out_dir, iterations, resume)
-    torch.manual_seed(cfg.train.seed * 1000 + ctx.rank)
-    trainer = Trainer(cfg, model, objective, ctx, iterations=iterations, lr=lr)
-    writer = RunWriter(cfg, trainer, batches, out_dir, meta, grid_steps, lr)
+           manifest: dict | None, plan: RunPlan, *, resume: bool) -> nn.Module:
+    files = plan.files
+    state = _read_state(out_dir / files.state, out_dir, plan.iterations, resume)
+    torch.manual_seed(plan.seed * 1000 + ctx.rank)
+    trainer = Trainer(cfg, model, objective, ctx, iterations=plan.iterations, lr=plan.recipe.lr, recipe=plan.recipe)
+    writer = RunWriter(cfg, trainer, plan, out_dir)
     if state is not None:
         writer.resume(state)
-    elif ctx.is_main and (out_dir / "metrics.jsonl").exists():
-        (out_dir / "metrics.jsonl").unlink()
+    elif ctx.is_main and (out_dir / files.metrics).exists():
+        (out_dir / files.metrics).unlink()
     if ctx.is_main:
-        write_json_atomic(out_dir / rundir.MANIFEST, manifest)
-    bar = tqdm(range(trainer.step, iterations), initial=trainer.step, total=iterations, desc=desc, disable=not ctx.is_main,
-               dynamic_ncols=True)
+        write_json_atomic(out_dir / files.manifest, manifest)
+    bar = tqdm(range(trainer.step, plan.iterations), initial=trainer.step, total=plan.iterations, desc=plan.desc,
+               disable=not (ctx.is_main and plan.progress), dynamic_ncols=True)
     for _ in bar:
-        x, labels = batches.next()
-        x = x.to(ctx.device, non_blocking=True)
-        labels = labels.to(ctx.device) if cfg.model.num_classes else None
-        if cfg.data.hflip:
-            x = random_hflip(x)
+        x, labels = plan.batches.next()
+        x, labels = plan.hooks.prepare(x.to(ctx.device, non_blocking=True), labels.to(ctx.device))
         try:
             loss, logs, grad_norm = trainer.train_step(x, labels)
         except NonFiniteStep as e:
             raise writer.diverged(trainer.step + 1, f"the loss or its gradient is not finite ({e})") from None
-        writer.after_step(trainer.step, iterations, loss, logs, grad_norm, bar)
-    writer.finish(iterations)
-    return trainer.ema.model
+        writer.after_step(trainer.step, loss, logs, grad_norm, bar)
+    writer.finish()
+    return trainer.result
 
 
 def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
