@@ -1,6 +1,8 @@
-"""Every training command under torchrun: a classifier trained by two processes and killed (agent and
-workers, as when a node dies) resumes to the weights of a run never interrupted, and two nodes of one
-process each train the same weights as one node with two processes (docs/reliability.md)."""
+"""Every command of the paper's protocol under torchrun: a classifier trained by two processes and
+killed (agent and workers, as when a node dies) resumes to the weights of a run never interrupted, two
+nodes of one process each train the same weights as one node with two processes, and an evaluation
+shared by two processes measures what one does (docs/reliability.md)."""
+import json
 import os
 import signal
 import socket
@@ -106,3 +108,13 @@ def test_two_nodes_of_one_process_train_the_weights_of_one_node_with_two(small_f
         assert_same_tensors(a["rng"][rank], b["rng"][rank], f"rng[{rank}]")
     assert_same_tensors(load_checkpoint(two_nodes / "model.pt")["model"],
                         load_checkpoint(tmp_path / "one-node" / "model.pt")["model"], "model.pt")
+
+
+def test_eval_under_torchrun_shares_the_sampling_and_measures_what_one_process_does(tmp_path):
+    args = ["-m", "rdd.cli", "eval", "--ckpt", "assets/fmnist/two_step.pt", "--evalnet", "assets/fmnist/evalnet.pt",
+            "--num-samples", "40", "--batch-size", "10"]  # 4 batches: 2 for each process
+    run([sys.executable, *args, "--json", str(tmp_path / "one.json")])
+    run([*ONE_NODE, *args, "--json", str(tmp_path / "two.json")])
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert one.pop("sampling_seconds") > 0 and two.pop("sampling_seconds") > 0
+    assert one == two and one["num_samples"] == 40

@@ -113,6 +113,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from rdd.distributed import init_distributed
     from rdd.files import write_json_atomic
     from rdd.metrics import evaluate_checkpoint, format_result
     from rdd.rundir import check_output_path
@@ -120,8 +121,12 @@ def cmd_eval(args) -> None:
     if args.json:
         check_output_path(args.json, "--json", {"checkpoint": args.ckpt, "evalnet": args.evalnet,
                                                 "Inception weights": args.inception_weights})
+    ctx = init_distributed()
     result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
-                                 args.evalnet, args.inception_weights, args.reference_cache)
+                                 args.evalnet, args.inception_weights, args.reference_cache, device=ctx.device,
+                                 progress=ctx.is_main, ctx=ctx)
+    if result is None:  # another process of torchrun's: the main one measures and writes
+        return
     print(format_result(result))
     if args.json:
         write_json_atomic(args.json, result)
@@ -297,7 +302,9 @@ def _add_model_commands(sub) -> None:
 
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
     _add_sampling_args(p)
-    p.add_argument("--num", type=int, help="number of samples (default: eval.num_samples, 10000)")
+    # torchrun reads a bare --num as its own --numa-binding: under torchrun spell it --num-samples.
+    p.add_argument("--num", "--num-samples", dest="num", type=int,
+                   help="number of samples (default: eval.num_samples, 10000); --num-samples under torchrun")
     p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
     p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")

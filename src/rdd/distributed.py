@@ -74,6 +74,15 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def gather_to_main(obj) -> list | None:
+    """Every process's `obj`, in rank order, on the main process; None on the others."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def broadcast_object(obj):
     if not (dist.is_available() and dist.is_initialized()):
         return obj

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from rdd.checkpoint import load_checkpoint
 from rdd.config import DataConfig
 from rdd.data import load_dataset
-from rdd.distributed import default_device
+from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
 from rdd.files import file_digest
 from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
@@ -229,11 +229,12 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
                         seed: int = 0, batch_size: int | None = None, evalnet: str | None = None,
                         inception_weights: str | None = None, reference_cache: str | None = None,
                         device=None, progress: bool = True, reference_split: str = "test",
-                        holdout: int | None = None) -> dict:
+                        holdout: int | None = None, ctx: DistContext | None = None) -> dict | None:
     """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
     given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
-    it (default: both in cache_dir())."""
+    it (default: both in cache_dir()). Under torchrun (`ctx`) the processes share the sampling and the
+    main one measures and returns the result; the others return None."""
     from rdd.baselines import nfe
     from rdd.model_io import load_diffusion_model
     from rdd.sampling import generate, resolve_steps
@@ -262,7 +263,9 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         check_inception_weights(inception_weights)
 
     start = time.perf_counter()
-    images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress)
+    images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress, ctx)
+    if images is None:
+        return None
     result = {"ckpt": str(ckpt), "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
               "num_samples": num_samples, "seed": seed, "reference": reference_split,
               "sampling_seconds": time.perf_counter() - start}

@@ -6,6 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rdd.diffusion import ddim_sample
+from rdd.distributed import DistContext, gather_to_main
 from rdd.errors import RddError
 
 DEFAULT_TEACHER_STEPS = 64
@@ -36,8 +37,10 @@ def resolve_steps(meta: dict, steps: int | None) -> int:
 
 @torch.no_grad()
 def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500, sampler: str = "ddim",
-             device="cpu", progress: bool = True) -> torch.Tensor:
-    """`num` images in [-1, 1] from model (an x-predictor) with the chosen sampler."""
+             device="cpu", progress: bool = True, ctx: DistContext | None = None) -> torch.Tensor | None:
+    """`num` images in [-1, 1] from model (an x-predictor) with the chosen sampler. Under torchrun (`ctx`)
+    each process samples every world-th batch of the same noise, and the main process gets every image,
+    in the order of one process (the others get None)."""
     if sampler == "ddim":
         run = ddim_sample
     else:
@@ -46,13 +49,20 @@ def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500,
         def run(m, z, n, labels):
             return diffusers_sample(m, z, n, labels, sampler)
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
-    out = []
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
+    mine = {}  # batch index -> images
     batches = noise_batches(num, shape, seed, batch_size, cfg.model.num_classes)
     total = (num + batch_size - 1) // batch_size
-    for noise, labels in tqdm(batches, total=total, desc=f"sample {sampler} {steps} steps", disable=not progress, leave=False):
-        labels = labels.to(device) if labels is not None else None
-        out.append(run(model, noise.to(device), steps, labels).clamp(-1, 1).cpu())
-    return torch.cat(out)
+    for i, (noise, labels) in enumerate(tqdm(batches, total=total, desc=f"sample {sampler} {steps} steps",
+                                             disable=not progress, leave=False)):
+        if i % world == rank:  # every process draws all the noise, so each batch's noise is the same as on one
+            labels = labels.to(device) if labels is not None else None
+            mine[i] = run(model, noise.to(device), steps, labels).clamp(-1, 1).cpu()
+    shares = gather_to_main(mine) if world > 1 else [mine]
+    if shares is None:
+        return None
+    every = {i: images for share in shares for i, images in share.items()}
+    return torch.cat([every[i] for i in sorted(every)])
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
