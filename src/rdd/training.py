@@ -1,9 +1,11 @@
-"""The training loop shared by base training and every distillation method.
+"""The one training loop: base training, every distillation method, and the classifiers (rdd.classifier).
 
-An objective turns a batch into a loss; this loop owns everything else: data order, Adam with
-warmup and an optional cosine decay, gradient clipping, EMA, bf16 autocast on GPU, DDP,
-JSONL/TensorBoard metrics, sample grids, and atomic checkpoints that resume exactly. It stops at
-the first non-finite loss or gradient, before the update, so no checkpoint or model holds nan.
+An objective turns a batch into a loss; this loop owns everything else: data order, the run's
+optimisation recipe (the diffusion models' Adam with warmup, an optional cosine decay, gradient
+clipping and EMA; the classifiers' SGD), bf16 autocast on GPU, DDP, JSONL/TensorBoard metrics, and
+atomic checkpoints that resume exactly. It stops at the first non-finite loss or gradient, before
+the update, so no checkpoint or model holds nan. What a kind of run writes besides (sample grids and
+model.pt; a classifier's epoch-end evaluation and classifier.pt) are its hooks (RunHooks).
 """
 from __future__ import annotations
 
@@ -147,6 +149,7 @@ class Recipe:
     optimizer: Callable[[list], torch.optim.Optimizer]
     scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
     grad_clip: float = 0.0  # 0: no clip
+    clip_setting: str | None = None  # the config key of the clip, suggested when training diverges
     ema_decay: float | None = None  # None: no EMA, the trained weights are the result
     bf16: bool = False  # autocast to bfloat16 on CUDA
 
@@ -156,7 +159,7 @@ def adam_recipe(tc: TrainConfig, lr: float, iterations: int) -> Recipe:
     return Recipe(lr, "train.lr", 2e-4, lambda params: torch.optim.Adam(params, lr=lr),
                   lambda opt: torch.optim.lr_scheduler.LambdaLR(
                       opt, lambda s: lr_factor(s, tc.warmup, iterations, tc.lr_schedule)),
-                  grad_clip=tc.grad_clip, ema_decay=tc.ema_decay, bf16=tc.bf16)
+                  grad_clip=tc.grad_clip, clip_setting="train.grad_clip", ema_decay=tc.ema_decay, bf16=tc.bf16)
 
 
 def _likely_cause(recipe: Recipe, temperatures: dict[str, float], meta: dict) -> str:
@@ -174,7 +177,7 @@ def _likely_cause(recipe: Recipe, temperatures: dict[str, float], meta: dict) ->
             return f"a temperature near 0 ({key}={value:g}) overflows the softmax; raise it"
     if recipe.bf16:
         return "bf16 autocast overflowed; set train.bf16=false"
-    clip = " or set train.grad_clip" if setting == "train.lr" else ""
+    clip = f" or set {recipe.clip_setting}" if recipe.clip_setting else ""
     return f"the learning rate {lr:g} may be too high for this model; lower {setting}{clip}"
 
 
