@@ -103,8 +103,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
     ("distill.tau_cfd=[0]", "distill.tau_cfd[0]"), ("distill.tau_cfd=[.nan]", "distill.tau_cfd[0]"),
     ("distill.tau_m=0", "distill.tau_m"), ("distill.push_per_step=0", "distill.push_per_step"),
     ("distill.queue_size=64", "distill.queue_size"), ("distill.num_contrast=30000", "distill.queue_size"),
-    ("classifier.epochs=0", "classifier.epochs"), ("eval.num_samples=1", "eval.num_samples"),
-    ("eval.batch_size=0", "eval.batch_size"),
+    ("classifier.epochs=0", "classifier.epochs"), ("classifier.ckpt_every=0", "classifier.ckpt_every"),
+    ("eval.num_samples=1", "eval.num_samples"), ("eval.batch_size=0", "eval.batch_size"),
 ])
 def test_out_of_range_values_are_refused_when_the_config_loads(capsys, tmp_path, override, key):
     code, err = run_cli(capsys, "train", "--set", override, "--out", str(tmp_path / "run"))
