@@ -73,3 +73,26 @@ def assert_one_line(code: int, err: str, *needles: str) -> None:
 def write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_fake_cifar10(root: Path, train: int, test: int) -> Path:
+    """A CIFAR-10 folder in torchvision's layout (cifar-10-batches-py: five training batches, test_batch,
+    batches.meta) whose images are real Fashion-MNIST items padded to 32x32 and tinted per class into RGB."""
+    import pickle
+
+    from rdd.data import FASHION_MNIST_DEBIAN, read_idx
+
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    tint = np.linspace(0.4, 1.0, 30).reshape(10, 3)  # each class its own colour
+    for name, offset, n in [(f"data_batch_{i}", (i - 1) * (train // 5), train // 5) for i in range(1, 6)] + [("test_batch", 0, test)]:
+        prefix = "t10k" if name == "test_batch" else "train"
+        gray = read_idx(FASHION_MNIST_DEBIAN / f"{prefix}-images-idx3-ubyte.gz")[offset:offset + n]
+        labels = read_idx(FASHION_MNIST_DEBIAN / f"{prefix}-labels-idx1-ubyte.gz")[offset:offset + n].astype(int)
+        padded = np.pad(gray, ((0, 0), (2, 2), (2, 2))).astype(np.float64)
+        rgb = (padded[:, None] * tint[labels][:, :, None, None]).round().astype(np.uint8)
+        batch = {"batch_label": name, "labels": labels.tolist(), "data": rgb.reshape(n, -1),
+                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    return Path(root)

@@ -77,7 +77,7 @@ def test_no_import_cycle_between_modules_function_level_imports_included():
 
 
 # The README's layout, top to bottom: a module imports only from its own row or the rows below it.
-LAYERS = [["cli"], ["benchmark", "sweep", "demo", "report"], ["distill", "methods"], ["training", "rundir", "classifier"],
+LAYERS = [["cli"], ["benchmark", "sweep", "demo", "report"], ["distill", "methods"], ["training", "rundir", "classifier", "dryrun"],
           ["metrics", "sampling"], ["model_io", "diffusers_io", "diffusers_pipeline"], ["losses"],
           ["networks", "classifier_nets", "diffusion", "baselines", "data", "distributed"],
           ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "fidelity", "errors"]]

@@ -1,6 +1,5 @@
 """Baseline samplers on our schedule, FD/IS/FID arithmetic and caches, `rdd eval` / `rdd train-evalnet`."""
 import json
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -103,30 +102,13 @@ def test_reference_statistics_default_to_rdds_cache_folder_not_beside_the_evalne
     np.testing.assert_array_equal(metrics.reference_statistics(assets / "evalnet.pt", data, progress=False)[0], first[0])
 
 
-def random_inception_weights(path):
-    """torch-fidelity's Inception-v3, randomly initialised offline (its constructor insists on loading weights)."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None), \
-            mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", return_value={}):
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):  # He init keeps activations alive through the 40-odd layers
-            torch.nn.init.kaiming_normal_(m.weight)
-    torch.save(net.state_dict(), path)
-
-
 @pytest.mark.slow
-def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path, monkeypatch):
-    weights = tmp_path / "inception.pth"
-    random_inception_weights(weights)
-    full_load = metrics.load_dataset
-    monkeypatch.setattr(metrics, "load_dataset", lambda cfg, split: torch.utils.data.Subset(full_load(cfg, split), range(12)))
+def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path):
+    weights = metrics.write_random_inception(tmp_path / "inception.pth")  # what a dry run measures with
     cache = tmp_path / "cache" / "ref.npz"
 
     result = metrics.evaluate_checkpoint(teacher, steps=2, num_samples=12, batch_size=12, inception_weights=str(weights),
-                                         reference_cache=str(cache), progress=False)
+                                         reference_cache=str(cache), progress=False, reference_limit=12)
     assert {"fid", "isc", "kid"} <= result.keys() and "fd" not in result
     cached = sorted(cache.parent.glob("*.pt"))
     assert cached and all("inception-v3-compat" in p.name for p in cached)
@@ -134,9 +116,9 @@ def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, smal
 
     # The same reference from the cache: FID of the training images against themselves is ~0.
     _, cfg, _ = load_diffusion_model(teacher)
-    reference = full_load(cfg.data, "train").tensors[0][:12]  # the cached reference: the training set
+    reference = load_dataset(cfg.data, "train").tensors[0][:12]  # the cached reference: the first 12 training images
     same = metrics.inception_metrics(reference, reference, weights, cache.parent,
-                                     metrics.inception_cache_name(weights, cfg.data), progress=False)
+                                     metrics.inception_cache_name(weights, cfg.data, 12), progress=False)
     assert [p.stat().st_mtime_ns for p in cached] == mtimes and sorted(cache.parent.glob("*.pt")) == cached  # not rewritten
     assert abs(same["fid"]) < 1e-3 * result["fid"] and result["fid"] > 0
 

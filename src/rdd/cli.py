@@ -178,11 +178,13 @@ def cmd_benchmark(args) -> None:
     from rdd.benchmark import load_benchmark_config, run_benchmark
     from rdd.distributed import init_distributed
 
-    bc = load_benchmark_config(args.config, args.overrides)
+    bc = load_benchmark_config(args.config, args.overrides, args.dry_run)
     if args.out:
         bc.out = args.out
-    path = run_benchmark(bc, init_distributed(), args.results, args.config)
-    print(f"wrote {path}")
+    ctx = init_distributed()
+    path = run_benchmark(bc, ctx, args.results, args.config, args.dry_run)
+    if ctx.is_main:
+        print(f"wrote {path}")
 
 
 def cmd_demo(args) -> None:
@@ -333,6 +335,9 @@ def _add_page_commands(sub) -> None:
     _add_overrides(p)
     p.add_argument("--out", help="run folder (default: the config's out)")
     p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every stage at full width for dry_run.iterations (2) iterations, each row on a few samples: "
+                        "prints each stage's parameters, peak memory, checkpoint size and seconds per iteration")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with PD, RCFD and RDD, evaluate, report")

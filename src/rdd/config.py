@@ -70,13 +70,13 @@ class TrainConfig:
     sample_every: int = 100
     ckpt_every: int = 100
     sample_steps: int = 64  # sampler steps for the grids written during training
-    num_grid: int = 64
+    num_grid: int = 64  # 0: no grids (a dry run, or a grid of 1,024-step samples nobody reads)
     snapshot_at: list[int] = field(default_factory=list)  # also export the model at these steps (snapshots/)
 
     def __post_init__(self):
-        for key in ("iterations", "batch_size", "log_every", "ckpt_every", "sample_steps", "num_grid"):
+        for key in ("iterations", "batch_size", "log_every", "ckpt_every", "sample_steps"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("warmup", "sample_every", "grad_clip", "seed"):
+        for key in ("warmup", "sample_every", "grad_clip", "seed", "num_grid"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         _positive("train.lr", self.lr)
         _check_choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))

@@ -7,6 +7,7 @@ ImageNet 64x64 from an image folder whose sub-folders are the classes.
 from __future__ import annotations
 
 import gzip
+import pickle
 import zlib
 from pathlib import Path
 
@@ -125,18 +126,80 @@ class _TorchvisionImages(Dataset):
         return self.transform(image.convert("RGB")), label
 
 
-def cifar10(cfg: DataConfig, split: str) -> Dataset:
-    from torchvision.datasets import CIFAR10
+CIFAR_FOLDER = "cifar-10-batches-py"  # torchvision's layout: data_batch_1..5 and test_batch, pickled dicts
+CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_SIZE = 32
 
-    root = cfg.root or str(Path.home() / ".cache/rdd/cifar10")
-    try:
-        base = CIFAR10(root, train=split == "train", download=False)
-    except RuntimeError:
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches hold only dicts, lists and numpy arrays: anything else in the pickle is refused, not run."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+
+
+def read_cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 3, 32, 32), int64 labels) of a cifar-10-batches-py folder, checked: a missing or
+    damaged batch, rows that are not 3x32x32 images, or labels outside 0..9 are refused in one line."""
+    images, labels = [], []
+    for name in CIFAR_BATCHES["test" if split == "test" else "train"]:
+        path = folder / name
+        if not path.is_file():
+            raise RddError(f"CIFAR-10 batch '{path}' is missing; {folder} must hold data_batch_1..5 and test_batch "
+                           "(torchvision's cifar-10-batches-py layout)")
         try:
-            base = CIFAR10(root, train=split == "train", download=True)
+            with open(path, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
+            data, batch_labels = np.asarray(batch["data"]), np.asarray(batch["labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise RddError(f"CIFAR-10 batch '{path}' is not a CIFAR-10 python batch ({e}); replace it") from None
+        row = 3 * CIFAR_SIZE * CIFAR_SIZE
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row or len(data) != len(batch_labels):
+            raise RddError(f"CIFAR-10 batch '{path}' holds {data.dtype} rows of {data.shape[1:]} values for {len(batch_labels)} "
+                           f"labels; CIFAR-10 rows are 3x32x32 = {row} bytes, one label each")
+        images.append(data.reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE))
+        labels.append(batch_labels)
+    labels = np.concatenate(labels)
+    if labels.min() < 0 or labels.max() >= CLASS_COUNTS["cifar10"]:
+        raise RddError(f"CIFAR-10 in '{folder}' has labels {labels.min()}..{labels.max()}; CIFAR-10 has "
+                       f"{CLASS_COUNTS['cifar10']} classes (0..9)")
+    return np.concatenate(images), labels
+
+
+class _ArrayImages(Dataset):
+    """uint8 (N, C, H, W) images kept as bytes, each returned in [-1, 1] at the configured resolution."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: DataConfig):
+        self.images, self.labels, self.resolution, self.resize = images, labels, cfg.resolution, cfg.resize
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.images[i]).float().div(127.5).sub(1.0)
+        return to_resolution(x[None], self.resolution, self.resize)[0], int(self.labels[i])
+
+
+def cifar10_folder(cfg: DataConfig) -> Path:
+    root = Path(cfg.root or Path.home() / ".cache/rdd/cifar10")
+    if not (root / CIFAR_FOLDER).is_dir():
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(root), train=True, download=True)  # on a machine with internet
         except Exception:
-            raise RddError(f"CIFAR-10 not found in '{root}'; put cifar-10-batches-py there or set data.root") from None
-    return _TorchvisionImages(base, cfg.resolution)
+            raise RddError(f"CIFAR-10 not found in '{root}': no {CIFAR_FOLDER} folder (torchvision's layout); "
+                           "put it there or set data.root") from None
+    return root / CIFAR_FOLDER
+
+
+def cifar10(cfg: DataConfig, split: str) -> Dataset:
+    return _ArrayImages(*read_cifar10(cifar10_folder(cfg), split), cfg)
 
 
 def imagenet64(cfg: DataConfig, split: str) -> Dataset:
@@ -159,6 +222,57 @@ def class_count(cfg: DataConfig) -> int:
     if cfg.dataset not in CLASS_COUNTS:
         raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(CLASS_COUNTS)}")
     return CLASS_COUNTS[cfg.dataset]
+
+
+def _image_folder_shape(cfg: DataConfig) -> tuple[int, int, Path]:
+    """(stored size of the first image, number of classes, folder) of an ImageNet-style train/ and val/ pair."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not cfg.root:
+        raise RddError("ImageNet 64x64 needs data.root: a folder with train/ and val/, one sub-folder per class")
+    found = {}
+    for split in ("train", "val"):
+        folder = Path(cfg.root) / split
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        if not classes:
+            raise RddError(f"'{folder}' has no class folders; data.root must hold train/ and val/, one sub-folder of images per class")
+        found[split] = classes
+    if found["train"] != found["val"]:
+        raise RddError(f"'{cfg.root}': train/ has {len(found['train'])} class folders and val/ {len(found['val'])}, "
+                       "not the same names; both need one folder per class")
+    train = Path(cfg.root) / "train"
+    first = next((f for d in found["train"] for f in sorted((train / d).iterdir()) if f.is_file()), None)
+    if first is None:
+        raise RddError(f"the class folders of '{train}' hold no images")
+    try:
+        with Image.open(first) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        raise RddError(f"'{first}' is not an image; the class folders of '{train}' must hold images only") from None
+    if width != height:
+        raise RddError(f"'{first}' is {width}x{height}; ImageNet 64x64 images are square")
+    return width, len(found["train"]), train
+
+
+def check_dataset(cfg: DataConfig) -> None:
+    """The data a long protocol reads, checked before its first stage: the folder layout, the stored image
+    size (not after resizing) and the number of classes, each refused in one line."""
+    expected = class_count(cfg)
+    if cfg.dataset == "cifar10":
+        where = cifar10_folder(cfg)
+        classes = len(np.unique(read_cifar10(where, "train")[1]))
+        read_cifar10(where, "test")
+        size = CIFAR_SIZE
+    elif cfg.dataset == "imagenet64":
+        size, classes, where = _image_folder_shape(cfg)
+    else:
+        return  # Fashion-MNIST: read_idx checks its files as it reads them
+    if size != cfg.resolution:
+        raise RddError(f"the images in '{where}' are {size}x{size} but data.resolution is {cfg.resolution}; "
+                       f"store them at {cfg.resolution}x{cfg.resolution} or point data.root at data of that size")
+    if classes != expected:
+        raise RddError(f"'{where}' has {classes} classes but {cfg.dataset} has {expected} (the classifier's outputs"
+                       f"{', model.num_classes' if cfg.dataset == 'imagenet64' else ''}); point data.root at the whole data set")
 
 
 def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:

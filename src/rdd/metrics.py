@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from rdd.checkpoint import load_checkpoint
@@ -200,9 +200,35 @@ def check_inception_weights(path: str | Path) -> None:
                        f"pass {INCEPTION_FILE} from torch-fidelity's GitHub releases")
 
 
-def inception_cache_name(weights: str | Path, data: DataConfig) -> str:
+def inception_cache_name(weights: str | Path, data: DataConfig, limit: int | None = None) -> str:
     """torch-fidelity keys its cache by name only: the name carries the weights' and data's stamp."""
-    return f"rdd-{data.dataset}{data.resolution}-{reference_key(weights, data)}"
+    return f"rdd-{data.dataset}{data.resolution}-{reference_key(weights, data)}" + (f"-first{limit}" if limit else "")
+
+
+def write_random_inception(path: str | Path, seed: int = 0) -> Path:
+    """torch-fidelity's Inception-v3 with its own random initialisation, saved as a weights file: a dry run
+    exercises the FID/IS path without the real weights (its numbers measure nothing)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from rdd.checkpoint import save_checkpoint
+
+    class Untrained(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None  # keep the layers' own initialisation
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    empty = path.with_name(f".{path.name}.empty")
+    torch.save({}, empty)  # the constructor reads a file (or downloads without one); this one is ignored
+    torch.manual_seed(seed)
+    network = Untrained("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(empty))
+    empty.unlink()
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):  # He init keeps the activations' scale through the 94 convolutions
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    state = network.state_dict()
+    torch.save(state, path)  # a plain state dict, as torch-fidelity reads its weights
+    return path
 
 
 def inception_metrics(images, reference, weights: str | Path, cache_root: str | Path, cache_name: str,
@@ -229,12 +255,14 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
                         seed: int = 0, batch_size: int | None = None, evalnet: str | None = None,
                         inception_weights: str | None = None, reference_cache: str | None = None,
                         device=None, progress: bool = True, reference_split: str = "test",
-                        holdout: int | None = None, ctx: DistContext | None = None) -> dict | None:
+                        holdout: int | None = None, ctx: DistContext | None = None,
+                        reference_limit: int | None = None) -> dict | None:
     """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
     given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
     it (default: both in cache_dir()). Under torchrun (`ctx`) the processes share the sampling and the
-    main one measures and returns the result; the others return None."""
+    main one measures and returns the result; the others return None. `reference_limit`: FID against the
+    first N training images only (a dry run)."""
     from rdd.baselines import nfe
     from rdd.model_io import load_diffusion_model
     from rdd.sampling import generate, resolve_steps
@@ -274,8 +302,11 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         result.update(domain_metrics(net, images, stats, batch_size, progress))
     if inception_weights:
         cache_root = Path(reference_cache).parent if reference_cache else cache_dir() / "fidelity"
-        result.update(inception_metrics(images, load_dataset(cfg.data, "train"), inception_weights, cache_root,
-                                        inception_cache_name(inception_weights, cfg.data), progress=progress))
+        reference = load_dataset(cfg.data, "train")
+        if reference_limit:
+            reference = Subset(reference, range(min(reference_limit, len(reference))))
+        result.update(inception_metrics(images, reference, inception_weights, cache_root,
+                                        inception_cache_name(inception_weights, cfg.data, reference_limit), progress=progress))
     check_finite_result(result, num_samples)
     return result
 

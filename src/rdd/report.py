@@ -222,27 +222,104 @@ def benchmark_figures(bc, out: Path, dest: Path, rows: list[dict], steps: list[i
             f"![curves]({curves.name})", ""]
 
 
-def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path: str = "CONFIG") -> Path:
+DISPLAY = {"pd": "PD", "pd_lpips": "PD+LPIPS", "rcfd": "RCFD", "rdd": "RDD"}
+
+
+def scores(row: dict) -> tuple[float, float]:
+    """(distance, IS) of a row: FID and Inception's IS when measured with Inception, else the evaluation network's FD and IS."""
+    return (row["fid"], row["isc"]) if "fid" in row else (row["fd"], row["is"])
+
+
+def paper_layout(bc, rows: list[dict]) -> list[str]:
+    """The paper's table (steps, method, IS, FID) with its numbers beside ours; rows of either side only show a dash."""
+    ours = {}
+    for r in rows:
+        if r["table"] != "ablation":
+            ours[(r["method"], int(r["steps"]))] = r
+    paper = {(method, int(n)): values for method, by_steps in (bc.paper_results or {}).items() for n, values in by_steps.items()}
+    order = list(dict.fromkeys([m for m, _ in paper] + [m for m, _ in ours]))
+    keys = sorted(set(ours) | set(paper), key=lambda k: (k[1], order.index(k[0])))
+
+    def cell(value, spec=".2f"):
+        return "–" if value is None else f"{value:{spec}}"
+
+    table = []
+    for method, steps in keys:
+        mine = scores(ours[(method, steps)]) if (method, steps) in ours else (None, None)
+        theirs = paper.get((method, steps)) or [None, None]
+        sampled = ours.get((method, steps), {}).get("steps_sampled")
+        label = DISPLAY.get(method, method) + (f" (sampled with {sampled} steps)" if sampled and sampled != steps else "")
+        table.append([steps, label, cell(mine[1]), cell(theirs[1]), cell(mine[0]), cell(theirs[0])])
+    metric = "FID" if any("fid" in r for r in rows) else "FD"
+    return markdown_table(["steps", "method", "IS (ours)", "IS (paper)", f"{metric} (ours)", "FID (paper)"], table).splitlines()
+
+
+def stage_table(out: Path) -> list[str]:
+    """The dry run's footprint of every stage (rdd.dryrun)."""
+    from rdd.dryrun import human_bytes
+
+    path = out / "stages.json"
+    if not path.is_file():
+        return []
+    stages = json.loads(path.read_text())
+
+    def count(stats, key):
+        return f"{stats[key] / 1e6:.2f} M" if key in stats else "–"
+
+    table = [[name, count(s, "trainable"), count(s, "frozen"),
+              " / ".join(human_bytes(b) for b in s.get("peak_cuda") or s["peak_rss"]),
+              human_bytes(s["model_bytes"]) if "model_bytes" in s else "–", human_bytes(s["state_bytes"]) if "state_bytes" in s else "–",
+              human_bytes(s["disk_bytes"]), f"{s['seconds_per_iteration']:.2f}" if s.get("seconds_per_iteration") else "–", s["seconds"]]
+             for name, s in stages.items()]
+    return ["", "## Every stage's footprint (dry run)", "",
+            "Peak memory is per process (resident set on a CPU, max_memory_allocated on a GPU); s/iteration is a stage's "
+            "last iteration (the first also pays for warm-up); disk is the stage's folders before the dry run deleted what "
+            "no later stage reads.", ""] + markdown_table(
+        ["stage", "trainable", "frozen", "peak memory per process", "model file", "resume state", "disk", "s/iteration", "stage s"],
+        table).splitlines()
+
+
+def results_header(bc, rows: list[dict], dry_run: bool, note: str | None) -> list[str]:
+    metric = ("FID / IS of Inception-v3 against the training set" if any("fid" in r for r in rows)
+              else "FD / IS of the independent evaluation network against the test set")
+    lines = [f"# {bc.name}: {'dry run' if dry_run else 'results'}", ""]
+    if dry_run:
+        lines += [f"**Dry run**: every stage at full width for {bc.dry_run.iterations} iterations, each row on "
+                  f"{bc.eval_samples} samples (the FID reference: the first {bc.eval_samples} training images), the teacher's "
+                  f"rows with at most {bc.dry_run.max_sampling_steps} sampling steps, no grids. It checks that every stage runs "
+                  "and what each costs; the numbers measure nothing.", ""]
+    if note:
+        lines += [f"Note: {note}.", ""]
+    notes = getattr(bc, "notes", None)
+    lines += ([Path(notes).read_text().strip(), ""] if notes and Path(notes).is_file() else [])
+    return lines + [f"{metric}, {bc.eval_samples} samples (lower distance is better, IS higher).", ""]
+
+
+def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path: str = "CONFIG", dry_run: bool = False,
+                            note: str | None = None) -> Path:
     """RESULTS.md + results.json of `rdd benchmark`, in the paper's table layouts."""
     dest = Path(dest or out / "results")
     dest.mkdir(parents=True, exist_ok=True)
     rows = load_eval_results(out)
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
     steps = [bc.pd_to // 2 ** k for k in range(1, 4) if bc.pd_to // 2 ** k >= 1]
-    notes = getattr(bc, "notes", None)
-    lines = [f"# {bc.name}: results", ""] + ([Path(notes).read_text().strip(), ""] if notes and Path(notes).is_file() else [])
-    lines += [f"FD / IS of the independent evaluation network, {bc.eval_samples} samples against the test set "
-              "(FD lower is better, IS higher).", ""]
-    lines += benchmark_tables(bc, rows, steps)
+    lines = results_header(bc, rows, dry_run, note)
+    if bc.paper_results:
+        lines += [f"## {bc.paper_table or 'The paper'}: ours beside the paper's", ""] + paper_layout(bc, rows)
+    else:
+        lines += benchmark_tables(bc, rows, steps)
+    command = f"rdd benchmark {config_path}{' --dry-run' if dry_run else ''} --results {dest}"
     lines += ["", "## Machine and commands", "", f"- Machine: {machine_line()}.",
-              f"- Everything above: `rdd benchmark {config_path} --results {dest}` (resumable: finished stages are "
-              "skipped; run folders, logs and checkpoints under `" + str(out) + "`).",
+              f"- Everything above: `{command}` (resumable: finished stages are skipped; run folders, logs and checkpoints "
+              f"under `{out}`).",
               f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
-              f"--evalnet {out}/evalnet/evalnet.pt` (the `ckpt` of each row is in results.json).",
-              "", "## Wall time per stage (s)", ""]
+              + (f"--evalnet {out}/evalnet/evalnet.pt" if bc.evalnet_config else f"--inception-weights {bc.inception_weights or 'W'}")
+              + "` (the `ckpt` of each row is in results.json)."]
+    lines += stage_table(out) + ["", "## Wall time per stage (s)", ""]
     lines += markdown_table(["stage", "seconds"], list(timings.items())).splitlines()
-    lines += benchmark_figures(bc, out, dest, rows, steps)
+    if not dry_run:
+        lines += benchmark_figures(bc, out, dest, rows, steps)
     write_json_atomic(dest / "results.json", {"rows": rows, "timings": timings})
     page = dest / "RESULTS.md"
-    page.write_text("\n".join(lines))
+    page.write_text("\n".join(lines) + "\n")
     return page

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +335,15 @@ class RunWriter:
         self.state_path = out_dir / plan.files.state
         self.saved_step = None
         self.log = MetricsLog(out_dir, enabled=self.ctx.is_main, name=plan.files.metrics, tensorboard=plan.files.tensorboard)
+        self.timed_step, self.timed_at, self.timed_cpu = 0, time.perf_counter(), time.process_time()
+
+    def timing(self, done: int) -> dict:
+        """Seconds per iteration since the last call, in wall time and in this process's CPU time (the cost
+        on a CPU shared with other jobs): what a metrics row logs beside the loss."""
+        now, cpu, steps = time.perf_counter(), time.process_time(), max(1, done - self.timed_step)
+        row = {"seconds_per_iteration": (now - self.timed_at) / steps, "cpu_seconds_per_iteration": (cpu - self.timed_cpu) / steps}
+        self.timed_step, self.timed_at, self.timed_cpu = done, now, cpu
+        return row
 
     def diverged(self, at_step: int, what: str) -> RddError:
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
@@ -360,7 +370,7 @@ class RunWriter:
 
     def resume(self, state: dict) -> None:
         self.trainer.load_state_dict(state, self.state_path)
-        self.saved_step = state["step"]
+        self.saved_step = self.timed_step = state["step"]
         self.plan.batches.restore(state["data"])
         self.plan.hooks.load_state_dict(state.get("hooks", {}))  # checkpoints from before hooks had none
         _set_rng_state(state["rng"][self.ctx.rank])
@@ -371,7 +381,7 @@ class RunWriter:
         iterations, log_every = self.plan.iterations, self.plan.log_every
         if log_every and (done % log_every == 0 or done == iterations):
             values = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.trainer.scheduler.get_last_lr()[0],
-                      **{k: float(v) for k, v in logs.items()}}
+                      **{k: float(v) for k, v in logs.items()}, **self.timing(done)}
             self.log.write(done, **values)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
         self.plan.hooks.after_step(self, done, loss, logs)
@@ -403,7 +413,7 @@ class SampleOutputs:
 
     def write_grid(self, writer: RunWriter, at_step: int) -> Path:
         path = self.out_dir / "grids" / f"step{at_step:07d}.png"
-        if writer.ctx.is_main:
+        if writer.ctx.is_main and self.cfg.train.num_grid:
             save_grid(ddim_sample(writer.trainer.result, self.grid_noise, self.grid_steps, self.grid_labels), path)
         return path
 
@@ -423,7 +433,8 @@ class SampleOutputs:
             final_grid = self.out_dir / "grids" / f"step{iterations:07d}.png"
             if not final_grid.exists():
                 self.write_grid(writer, iterations)
-            (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+            if final_grid.exists():  # train.num_grid 0 draws none
+                (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
 
     def state_dict(self) -> dict:
         return {}
