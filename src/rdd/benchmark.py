@@ -160,10 +160,11 @@ class StageLog:
         if self.ctx.is_main:
             print(f"[benchmark] {name}: running")
         dryrun.reset_peak_memory()
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         fn()
         seconds = time.time() - start
-        peaks = all_gather_objects(dryrun.peak_memory()) if collective else [dryrun.peak_memory()]
+        mine = {**dryrun.peak_memory(), "cpu_seconds": time.process_time() - cpu}
+        peaks = all_gather_objects(mine) if collective else [mine]
         if not self.ctx.is_main:
             return
         self.timings[name] = round(seconds, 1)

@@ -71,14 +71,14 @@ def folder_bytes(folders: list[Path]) -> int:
     return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
 
 
-def seconds_per_iteration(folders: list[Path]) -> float | None:
-    """The mean over the stage's runs of their last logged iteration (the first also pays for warm-up)."""
+def per_iteration(folders: list[Path], key: str = "seconds_per_iteration") -> float | None:
+    """The mean over the stage's runs of `key` at their last logged iteration (the first also pays for warm-up)."""
     last = []
     for folder in folders:
         for log in folder.glob("*metrics.jsonl"):
-            rows = [r for r in read_metrics(log) if "seconds_per_iteration" in r]
+            rows = [r for r in read_metrics(log) if key in r]
             if rows:
-                last.append(rows[-1]["seconds_per_iteration"])
+                last.append(rows[-1][key])
     return sum(last) / len(last) if last else None
 
 
@@ -102,7 +102,9 @@ def weights_footprint(folders: list[Path]) -> dict:
 
 
 def stage_footprint(folders: list[Path], peaks: list[dict], seconds: float) -> dict:
-    return {"seconds": round(seconds, 1), "seconds_per_iteration": seconds_per_iteration(folders),
+    return {"seconds": round(seconds, 1), "seconds_per_iteration": per_iteration(folders),
+            "cpu_seconds_per_iteration": per_iteration(folders, "cpu_seconds_per_iteration"),
+            "cpu_seconds": [round(p["cpu_seconds"], 1) for p in peaks],
             "peak_rss": [p["rss"] for p in peaks], "peak_cuda": [p["cuda"] for p in peaks if "cuda" in p],
             "disk_bytes": folder_bytes(folders), **weights_footprint(folders)}
 
@@ -148,9 +150,10 @@ def footprint_line(name: str, stats: dict) -> str:
     def count(key):
         return f"{stats[key] / 1e6:.2f}M" if key in stats else "–"
 
-    per_it = stats.get("seconds_per_iteration")
+    per_it, cpu_it = stats.get("seconds_per_iteration"), stats.get("cpu_seconds_per_iteration")
     peaks = " / ".join(human_bytes(b) for b in stats.get("peak_cuda") or stats["peak_rss"])
     return (f"[dry-run] {name}: trainable {count('trainable')}, frozen {count('frozen')}, peak memory per process {peaks}, "
             f"model {human_bytes(stats['model_bytes']) if 'model_bytes' in stats else '–'}, "
             f"resume state {human_bytes(stats['state_bytes']) if 'state_bytes' in stats else '–'}, "
-            f"disk {human_bytes(stats['disk_bytes'])}, {f'{per_it:.2f} s/iteration' if per_it else '–'}, {stats['seconds']} s in all")
+            f"disk {human_bytes(stats['disk_bytes'])}, {f'{per_it:.2f} s/iteration' if per_it else '–'}"
+            f"{f' ({cpu_it:.2f} s of CPU)' if cpu_it else ''}, {stats['seconds']} s in all")

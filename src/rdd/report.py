@@ -269,13 +269,16 @@ def stage_table(out: Path) -> list[str]:
     table = [[name, count(s, "trainable"), count(s, "frozen"),
               " / ".join(human_bytes(b) for b in s.get("peak_cuda") or s["peak_rss"]),
               human_bytes(s["model_bytes"]) if "model_bytes" in s else "–", human_bytes(s["state_bytes"]) if "state_bytes" in s else "–",
-              human_bytes(s["disk_bytes"]), f"{s['seconds_per_iteration']:.2f}" if s.get("seconds_per_iteration") else "–", s["seconds"]]
+              human_bytes(s["disk_bytes"]), f"{s['seconds_per_iteration']:.2f}" if s.get("seconds_per_iteration") else "–",
+              f"{s['cpu_seconds_per_iteration']:.2f}" if s.get("cpu_seconds_per_iteration") else "–", s["seconds"],
+              " / ".join(f"{c:.0f}" for c in s.get("cpu_seconds", []))]
              for name, s in stages.items()]
     return ["", "## Every stage's footprint (dry run)", "",
             "Peak memory is per process (resident set on a CPU, max_memory_allocated on a GPU); s/iteration is a stage's "
-            "last iteration (the first also pays for warm-up); disk is the stage's folders before the dry run deleted what "
-            "no later stage reads.", ""] + markdown_table(
-        ["stage", "trainable", "frozen", "peak memory per process", "model file", "resume state", "disk", "s/iteration", "stage s"],
+            "last iteration (the first also pays for warm-up), in wall time and in rank 0's CPU time (what it costs on a "
+            "machine shared with other jobs); disk is the stage's folders before the dry run deleted what no later stage reads.", ""] + markdown_table(
+        ["stage", "trainable", "frozen", "peak memory per process", "model file", "resume state", "disk", "s/iteration",
+         "CPU s/iteration", "stage s", "CPU s per process"],
         table).splitlines()
 
 
