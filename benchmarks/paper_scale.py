@@ -12,6 +12,10 @@ with the batch), then evaluated at the configs' batch. The plan multiplies by ea
 (configs/{cifar10,imagenet64}/benchmark.yaml and the configs it names) and divides by an assumed throughput.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/paper_scale.py --out benchmarks/paper_scale_flops.json
+    PYTHONPATH=src python benchmarks/paper_scale.py --plan benchmarks/paper_scale_flops.json   # the GPU-hour table
+
+The plan's assumption (--tflops): one A100-80GB sustaining 40 % of its 156 TFLOP/s TF32 tensor-core peak
+(62 TFLOP/s) on these fp32 convolution-heavy networks (PyTorch runs fp32 convolutions on TF32 by default).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from rdd.benchmark import load_benchmark_config
 from rdd.classifier import build_classifier
 from rdd.config import load_config
 from rdd.data import class_count
+from rdd.diffusion import halving_chain
 from rdd.losses.truncated_snr import TruncatedSNRLoss
 from rdd.methods import DistillationObjective, needs_classifier
 from rdd.networks import build_model, student_copy
@@ -108,11 +113,61 @@ def inception_flops() -> dict:
         return fitted(forward)
 
 
+TRAINING_IMAGES = {"cifar10": 50_000, "imagenet64": 1_281_167}
+
+
+def plan_rows(dataset: str, flops: dict) -> list[list]:
+    """(stage, iterations, global batch, FLOPs) of the whole protocol at the paper's iteration counts."""
+    bc = load_benchmark_config(ROOT / "configs" / dataset / "benchmark.yaml", dry_run=True)
+    base, classifier = load_config(bc.teacher_config), load_config(bc.classifier_config)
+    chain_batch = load_config(bc.distill_config).train.batch_size
+    pd_batch = load_config(bc.pd_config).train.batch_size
+
+    def cost(kind, iterations, batch):
+        return iterations * (flops[kind]["fixed"] * bc.paper_gpus + flops[kind]["per_image"] * batch)
+
+    images = (TRAINING_IMAGES[dataset] - classifier.data.holdout) * classifier.classifier.epochs
+    rows = [["base model", base.train.iterations, base.train.batch_size, cost("base", base.train.iterations, base.train.batch_size)],
+            ["classifier", f"{classifier.classifier.epochs} epochs", classifier.classifier.batch_size,
+             flops["classifier"]["per_image"] * images]]
+    halvings = len(halving_chain(bc.teacher_steps, bc.pd_to)) - 1
+    pd_iterations = sum(bc.pd_iterations[min(i, len(bc.pd_iterations) - 1)] for i in range(halvings))
+    rows.append([f"PD {bc.teacher_steps} -> {bc.pd_to} ({halvings} halvings)", pd_iterations, pd_batch,
+                 cost("distill pd", pd_iterations, pd_batch)])
+    chain = sum(bc.chain_iterations[min(i, len(bc.chain_iterations) - 1)] for i in range(3))
+    for method in bc.chain_methods:
+        rows.append([f"chain {method} {bc.pd_to} -> 1", chain, chain_batch, cost(f"distill {method}", chain, chain_batch)])
+    nfe = sum(bc.teacher_ddim_steps) + (bc.dpm_solver_steps or 0) + (bc.pndm_steps or 0) + bc.pd_to + 7 * len(bc.chain_methods)
+    rows.append([f"sampling every row ({nfe} network calls per image)", "-", bc.eval_samples,
+                 nfe * bc.eval_samples * flops["sampling forward"]["per_image"]])
+    row_count = len(bc.teacher_ddim_steps) + bool(bc.dpm_solver_steps) + bool(bc.pndm_steps) + 1 + 3 * len(bc.chain_methods)
+    rows.append([f"Inception on every row + the reference ({row_count + 1} x {bc.eval_samples})", "-", bc.eval_samples,
+                 (row_count + 1) * bc.eval_samples * flops["inception forward"]["per_image"]])
+    return rows
+
+
+def print_plan(path: str, tflops: float) -> None:
+    from rdd.tables import markdown_table
+
+    flops = json.loads(Path(path).read_text())
+    for dataset, counts in flops.items():
+        rows = plan_rows(dataset, counts)
+        total = sum(r[3] for r in rows)
+        table = [[*r[:3], f"{r[3]:.3g}", f"{r[3] / (tflops * 1e12) / 3600:,.1f}"] for r in rows]
+        table.append(["**total**", "", "", f"{total:.3g}", f"**{total / (tflops * 1e12) / 3600:,.0f}**"])
+        print(f"\n{dataset}\n" + markdown_table(["stage", "iterations", "global batch", "FLOPs", f"GPU-hours at {tflops:g} TFLOP/s"], table))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="cifar10,imagenet64")
     p.add_argument("--out", default="benchmarks/paper_scale_flops.json")
+    p.add_argument("--plan", help="print the GPU-hour plan from this FLOPs file instead of counting")
+    p.add_argument("--tflops", type=float, default=62.4, help="sustained TFLOP/s of one GPU (default: 40%% of an A100's TF32 peak)")
     args = p.parse_args()
+    if args.plan:
+        print_plan(args.plan, args.tflops)
+        return
     torch.manual_seed(0)
     result = {}
     for dataset in args.datasets.split(","):

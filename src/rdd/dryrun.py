@@ -9,6 +9,7 @@ models are deleted once measured.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ def weights_footprint(folders: list[Path]) -> dict:
     """Parameters and checkpoint sizes of the last run folder of a stage: its model (or classifier) and resume state."""
     folder = folders[-1]
     found = {}
+    if (folder / "run.json").is_file():  # rdd.rundir's manifest: the batch the stage ran at
+        found["global_batch"] = json.loads((folder / "run.json").read_text())["config"]["train"]["batch_size"]
     model = next((folder / name for name in (MODEL_FILE, "classifier.pt", "evalnet.pt") if (folder / name).is_file()), None)
     if model is not None:
         state = load_checkpoint(model)
@@ -152,7 +155,8 @@ def footprint_line(name: str, stats: dict) -> str:
 
     per_it, cpu_it = stats.get("seconds_per_iteration"), stats.get("cpu_seconds_per_iteration")
     peaks = " / ".join(human_bytes(b) for b in stats.get("peak_cuda") or stats["peak_rss"])
-    return (f"[dry-run] {name}: trainable {count('trainable')}, frozen {count('frozen')}, peak memory per process {peaks}, "
+    batch = f"global batch {stats['global_batch']}, " if "global_batch" in stats else ""
+    return (f"[dry-run] {name}: {batch}trainable {count('trainable')}, frozen {count('frozen')}, peak memory per process {peaks}, "
             f"model {human_bytes(stats['model_bytes']) if 'model_bytes' in stats else '–'}, "
             f"resume state {human_bytes(stats['state_bytes']) if 'state_bytes' in stats else '–'}, "
             f"disk {human_bytes(stats['disk_bytes'])}, {f'{per_it:.2f} s/iteration' if per_it else '–'}"

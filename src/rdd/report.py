@@ -266,7 +266,7 @@ def stage_table(out: Path) -> list[str]:
     def count(stats, key):
         return f"{stats[key] / 1e6:.2f} M" if key in stats else "–"
 
-    table = [[name, count(s, "trainable"), count(s, "frozen"),
+    table = [[name, s.get("global_batch", "–"), count(s, "trainable"), count(s, "frozen"),
               " / ".join(human_bytes(b) for b in s.get("peak_cuda") or s["peak_rss"]),
               human_bytes(s["model_bytes"]) if "model_bytes" in s else "–", human_bytes(s["state_bytes"]) if "state_bytes" in s else "–",
               human_bytes(s["disk_bytes"]), f"{s['seconds_per_iteration']:.2f}" if s.get("seconds_per_iteration") else "–",
@@ -277,7 +277,7 @@ def stage_table(out: Path) -> list[str]:
             "Peak memory is per process (resident set on a CPU, max_memory_allocated on a GPU); s/iteration is a stage's "
             "last iteration (the first also pays for warm-up), in wall time and in rank 0's CPU time (what it costs on a "
             "machine shared with other jobs); disk is the stage's folders before the dry run deleted what no later stage reads.", ""] + markdown_table(
-        ["stage", "trainable", "frozen", "peak memory per process", "model file", "resume state", "disk", "s/iteration",
+        ["stage", "global batch", "trainable", "frozen", "peak memory per process", "model file", "resume state", "disk", "s/iteration",
          "CPU s/iteration", "stage s", "CPU s per process"],
         table).splitlines()
 
@@ -291,6 +291,10 @@ def results_header(bc, rows: list[dict], dry_run: bool, note: str | None) -> lis
                   f"{bc.eval_samples} samples (the FID reference: the first {bc.eval_samples} training images), the teacher's "
                   f"rows with at most {bc.dry_run.max_sampling_steps} sampling steps, no grids. It checks that every stage runs "
                   "and what each costs; the numbers measure nothing.", ""]
+        if bc.dry_run.batch_per_process:
+            lines += [f"Batch per process reduced to {bc.dry_run.batch_per_process} (dry_run.batch_per_process); "
+                      "the configs' per-GPU batch is train.batch_size / paper_gpus "
+                      f"({bc.paper_gpus}). The footprint table gives each stage's batch.", ""]
     if note:
         lines += [f"Note: {note}.", ""]
     notes = getattr(bc, "notes", None)
