@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from rdd.baselines import nfe as calls
 from rdd.benchmark import load_benchmark_config
 from rdd.classifier import build_classifier
 from rdd.config import load_config
@@ -137,7 +138,9 @@ def plan_rows(dataset: str, flops: dict) -> list[list]:
     chain = sum(bc.chain_iterations[min(i, len(bc.chain_iterations) - 1)] for i in range(3))
     for method in bc.chain_methods:
         rows.append([f"chain {method} {bc.pd_to} -> 1", chain, chain_batch, cost(f"distill {method}", chain, chain_batch)])
-    nfe = sum(bc.teacher_ddim_steps) + (bc.dpm_solver_steps or 0) + (bc.pndm_steps or 0) + bc.pd_to + 7 * len(bc.chain_methods)
+    samplers = [("ddim", n) for n in bc.teacher_ddim_steps] + [(s, n) for s, n in (("dpm-solver", bc.dpm_solver_steps),
+                                                                                   ("pndm", bc.pndm_steps)) if n]
+    nfe = sum(calls(s, n) for s, n in samplers) + bc.pd_to + (4 + 2 + 1) * len(bc.chain_methods)  # the students: 4, 2, 1 steps
     rows.append([f"sampling every row ({nfe} network calls per image)", "-", bc.eval_samples,
                  nfe * bc.eval_samples * flops["sampling forward"]["per_image"]])
     row_count = len(bc.teacher_ddim_steps) + bool(bc.dpm_solver_steps) + bool(bc.pndm_steps) + 1 + 3 * len(bc.chain_methods)

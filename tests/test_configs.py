@@ -3,7 +3,7 @@ import pytest
 
 from helpers import ROOT
 from rdd.benchmark import load_benchmark_config
-from rdd.config import load_config
+from rdd.config import ConfigError, load_config
 from rdd.fidelity import resolve_fidelity
 
 METHODS = ["pd", "pd_lpips", "rcfd", "rdd"]
@@ -84,9 +84,22 @@ def test_paper_protocol_evaluates_50k_samples(path):
 def test_every_shipped_config_loads():
     for path in (ROOT / "configs").rglob("*.yaml"):
         if path.name == "benchmark.yaml":
-            load_benchmark_config(path)
+            load_benchmark_config(path, dry_run=True)  # a real CIFAR-10 / ImageNet run also needs Inception's weights
         else:
             load_config(path)
+
+
+def test_paper_protocols_take_their_numbers_from_the_stage_configs_and_need_inception_for_a_real_run():
+    for dataset, paper in (("cifar10", {"rdd": {1: [8.16, 8.95]}}), ("imagenet64", {"rdd": {1: [11.97, 23.12]}})):
+        bc = load_benchmark_config(ROOT / "configs" / dataset / "benchmark.yaml", dry_run=True)
+        pd, chain = (load_config(ROOT / "configs" / dataset / name) for name in ("pd-1024to8.yaml", "distill.yaml"))
+        assert (bc.teacher_steps, bc.pd_to, bc.pd_iterations) == (1024, 8, pd.distill.iterations)
+        assert bc.chain_iterations == chain.distill.iterations and bc.eval_samples == 50000 and 1024 in bc.teacher_ddim_steps
+        assert bc.paper_results["rdd"][1] == paper["rdd"][1]
+        with pytest.raises(ConfigError, match="inception_weights"):
+            load_benchmark_config(ROOT / "configs" / dataset / "benchmark.yaml")
+    stage_keys = load_benchmark_config(ROOT / "configs/cifar10/benchmark.yaml", ["data.root=/data", "dry_run.iterations=3"], dry_run=True)
+    assert stage_keys.overrides == ["data.root=/data"] and stage_keys.dry_run.iterations == 3
 
 
 def test_one_set_flag_takes_several_overrides():
