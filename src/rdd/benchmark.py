@@ -296,15 +296,13 @@ class Protocol:
                 (self.teacher.parent,))
 
     def train_classifier(self, key: str, folder: Path, arch: str | None = None) -> None:
-        """One process trains it (its own loop has no torchrun yet); the others wait for the file."""
         from rdd.classifier import train_classifier
 
+        cfg = self.config(key, "classifier")
+        limit = cfg.classifier.batch_size if self.dry_run else None  # a dry run tests on one batch of images
+        result = train_classifier(cfg, folder, self.ctx, arch=arch, test_limit=limit, resume=True)
         if self.ctx.is_main:
-            cfg = self.config(key, "classifier")
-            limit = cfg.classifier.batch_size if self.dry_run else None
-            result = train_classifier(cfg, folder, arch=arch, test_limit=limit)
             print(f"[benchmark] {arch or 'classifier'} test accuracy {result['test_accuracy']:.4f}")
-        barrier()
 
     def distil(self) -> None:
         """Plain PD teacher_steps -> pd_to, then each method's chain pd_to -> 1, then the ablation."""

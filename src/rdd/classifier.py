@@ -143,7 +143,8 @@ class EpochEvaluation:
     def after_step(self, writer: RunWriter, done: int, loss: torch.Tensor, logs: dict) -> None:
         self.sums += torch.stack([loss.detach().float(), logs["train_acc"], torch.ones((), device=self.sums.device)])
         if done % self.per_epoch == 0:
-            row = {**self.end_epoch(writer.trainer.model, writer.trainer.optimizer, done // self.per_epoch), **writer.timing(done)}
+            timing = writer.timing(done)  # the epoch's training steps, before its evaluation
+            row = {**self.end_epoch(writer.trainer.model, writer.trainer.optimizer, done // self.per_epoch), **timing}
             writer.log.write(done, **row)
             if self.progress and self.ctx.is_main:
                 tqdm.write(json.dumps(row))

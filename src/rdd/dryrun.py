@@ -18,10 +18,11 @@ import torch
 
 from rdd.checkpoint import load_checkpoint
 from rdd.config import ExperimentConfig
-from rdd.layout import MODEL_FILE, TRAIN_STATE
+from rdd.layout import MODEL_FILE, RUN_FILES
 from rdd.metrics_log import read_metrics
 
-DISPOSABLE = (TRAIN_STATE, "grids", "snapshots", "tensorboard", "samples.png")  # nothing a later stage reads
+# nothing a later stage reads: every kind of run's resume state, TensorBoard folder, grids and snapshots
+DISPOSABLE = tuple(dict.fromkeys(name for files in RUN_FILES.values() for name in (files.state, files.tensorboard, *files.extras)))
 CLEAR_PEAK = Path("/proc/self/clear_refs")
 
 
@@ -87,19 +88,22 @@ def weights_footprint(folders: list[Path]) -> dict:
     """Parameters and checkpoint sizes of the last run folder of a stage: its model (or classifier) and resume state."""
     folder = folders[-1]
     found = {}
-    if (folder / "run.json").is_file():  # rdd.rundir's manifest: the batch the stage ran at
-        found["global_batch"] = json.loads((folder / "run.json").read_text())["config"]["train"]["batch_size"]
-    model = next((folder / name for name in (MODEL_FILE, "classifier.pt", "evalnet.pt") if (folder / name).is_file()), None)
-    if model is not None:
-        state = load_checkpoint(model)
-        found.update(trainable=parameter_count(state["model"]), model_bytes=model.stat().st_size)
-        if state.get("classifier"):
-            found["frozen"] = found["trainable"] + parameter_count(load_checkpoint(state["classifier"])["model"])
-        elif state.get("teacher_steps"):
-            found["frozen"] = found["trainable"]  # the teacher: the student's own network
-    if (folder / TRAIN_STATE).is_file():
-        found["state_bytes"] = (folder / TRAIN_STATE).stat().st_size
-        objective = load_checkpoint(folder / TRAIN_STATE).get("objective") or {}
+    files = next((f for f in RUN_FILES.values() if (folder / f.final).is_file()), None)
+    if files is None:
+        return found
+    if (folder / files.manifest).is_file():  # rdd.rundir's manifest: the batch the stage ran at
+        config = json.loads((folder / files.manifest).read_text())["config"]
+        found["global_batch"] = config["classifier" if files.final != MODEL_FILE else "train"]["batch_size"]
+    model = folder / files.final
+    state = load_checkpoint(model)
+    found.update(trainable=parameter_count(state["model"]), model_bytes=model.stat().st_size)
+    if state.get("classifier"):
+        found["frozen"] = found["trainable"] + parameter_count(load_checkpoint(state["classifier"])["model"])
+    elif state.get("teacher_steps"):
+        found["frozen"] = found["trainable"]  # the teacher: the student's own network
+    if (folder / files.state).is_file():
+        found["state_bytes"] = (folder / files.state).stat().st_size
+        objective = load_checkpoint(folder / files.state).get("objective") or {}
         found["trainable"] = found.get("trainable", 0) + parameter_count(objective, ("queue", "running_", "num_batches"))
     return found
 
