@@ -48,7 +48,7 @@ def test_dry_run_runs_every_stage_of_the_cifar10_protocol_and_reports_table_1(fa
     for name in ("teacher", "pd 64->8", "chain rdd"):
         assert stages[name]["trainable"] > 0 and stages[name]["peak_rss"][0] > 0 and stages[name]["seconds_per_iteration"] > 0
     assert stages["chain rdd"]["frozen"] > stages["chain rdd"]["trainable"] - 1  # teacher + classifier
-    assert "[dry-run] chain rdd: trainable" in result.stdout
+    assert "[dry-run] chain rdd: global batch 32, trainable" in result.stdout
     # only what a later stage reads is kept: no resume states, one model of the PD chain
     assert not list(out.rglob("*state.pt"))
     assert [p.parent.name for p in (out / "pd-chain").rglob("model.pt")] == ["stage-16to8"]
