@@ -42,9 +42,8 @@ import isp2p
 import sampling_speed
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.classifier import build_classifier
-from rdd.config import load_config
+from rdd.config import load_config, per_stage
 from rdd.diffusion import halving_chain
-from rdd.distill import per_stage
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.losses import is_p2p_loss, is_p2p_loss_dense
 from rdd.losses.truncated_snr import TruncatedSNRLoss

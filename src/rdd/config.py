@@ -218,6 +218,11 @@ class ExperimentConfig:
 INT_LIMIT = 2**31 - 1
 
 
+def per_stage(values: list, index: int):
+    """The stage's entry of a per-stage list (distill.iterations, tau_cfd, ...); the last entry repeats for later stages."""
+    return values[min(index, len(values) - 1)]
+
+
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(map(str, choices))}")

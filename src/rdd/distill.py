@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rdd.classifier_nets import FeatureClassifier, load_classifier
-from rdd.config import ExperimentConfig
+from rdd.config import ExperimentConfig, per_stage
 from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
@@ -27,11 +27,6 @@ from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
 from rdd.rundir import check_same_run, manifest
 from rdd.training import fit
-
-
-def per_stage(values: list, index: int):
-    """The stage's entry of a per-stage list; the last entry repeats for later stages."""
-    return values[min(index, len(values) - 1)]
 
 
 def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:

@@ -16,6 +16,7 @@ from rdd.diffusion import sample_student_times, schedule_of, teacher_two_step_ta
 from rdd.errors import RddError
 from rdd.fidelity import Fidelity, resolve_fidelity
 from rdd.losses import MethodLoss
+from rdd.losses.objective import no_phase
 from rdd.losses.terms import term_class
 from rdd.registry import METHODS, check_method
 
@@ -59,6 +60,11 @@ class DistillationObjective:
         self.modules = self.loss.terms
         self.separately_optimized: list[nn.Parameter] = self.loss.separately_optimized()
         self.temperatures = self.loss.temperatures()
+        self.phase = no_phase
+
+    def set_phase_hook(self, hook) -> None:
+        """`hook(name)` wraps each phase of the step, the loss terms included (a profiler's timer)."""
+        self.phase = self.loss.phase = hook
 
     def to(self, device) -> "DistillationObjective":
         self.teacher.to(device)
@@ -66,9 +72,12 @@ class DistillationObjective:
         return self
 
     def __call__(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        t = sample_student_times(x.shape[0], self.teacher_steps // 2, device=x.device)
-        z_t = self.schedule.diffuse(x, t, torch.randn_like(x))
-        with torch.no_grad():
+        with self.phase("noise z_t"):
+            t = sample_student_times(x.shape[0], self.teacher_steps // 2, device=x.device)
+            z_t = self.schedule.diffuse(x, t, torch.randn_like(x))
+        with self.phase("teacher two DDIM steps"), torch.no_grad():
             x_target = teacher_two_step_target(self.teacher, z_t, t, self.teacher_steps, labels,
                                                clip=self.fidelity.teacher_clip).float()
-        return self.loss(student(z_t, t, labels), x_target, t)
+        with self.phase("student forward"):
+            x_student = student(z_t, t, labels)
+        return self.loss(x_student, x_target, t)

@@ -139,6 +139,7 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
 
     import torch
 
+    from rdd.config import per_stage
     from rdd.distill import run_progressive, run_stage
     from rdd.distributed import init_distributed
     from rdd.model_io import load_diffusion_model
@@ -157,7 +158,7 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
     evaluations = []
     for index, model in enumerate(stages):
         _, _, meta = load_diffusion_model(model)
-        last = cfg.distill.iterations[min(index, len(cfg.distill.iterations) - 1)]
+        last = per_stage(cfg.distill.iterations, index)
         points = [(i, model.parent / "snapshots" / f"model-{i:07d}.pt") for i in spec.eval_at if i < last] + [(last, model)]
         for iteration, ckpt in points:
             if not ckpt.is_file():

@@ -32,6 +32,7 @@ from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_s
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
 from rdd.layout import DIFFUSION_FILES, MODEL_FILE, RunFiles
+from rdd.losses.objective import no_phase
 from rdd.metrics_log import MetricsLog, save_grid
 from rdd.model_io import export_model
 
@@ -209,11 +210,19 @@ class Trainer:
         self.objective_optimizer = torch.optim.Adam(own, lr=self.recipe.lr) if own else None
         self.scheduler = self.recipe.scheduler(self.optimizer)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.recipe.bf16 and ctx.device.type == "cuda")
+        self.phase = no_phase
 
     @property
     def result(self) -> nn.Module:
         """What the run produces: the EMA model, or the trained one where the recipe keeps no EMA."""
         return self.ema.model if self.ema is not None else self.model
+
+    def set_phase_hook(self, hook) -> None:
+        """`hook(name)`, a context manager, wraps each phase of `train_step` and of the objective that
+        has phases: how benchmarks/distill_step.py times the real step."""
+        self.phase = hook
+        if hasattr(self.objective, "set_phase_hook"):
+            self.objective.set_phase_hook(hook)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
@@ -242,9 +251,11 @@ class Trainer:
 
     def backward(self, loss: torch.Tensor) -> torch.Tensor:
         """Gradients of `loss`, averaged over processes and clipped; returns their norm before the clip."""
-        self.zero_grad()
-        loss.backward()
-        return self.clip_gradients()
+        with self.phase("backward"):
+            self.zero_grad()
+            loss.backward()
+        with self.phase("grad norm + clip"):
+            return self.clip_gradients()
 
     def clip_gradients(self) -> torch.Tensor:
         if self.ctx.world > 1 and self.trainable:
@@ -278,7 +289,8 @@ class Trainer:
         if not finite.item():
             terms = {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: float(v) for k, v in logs.items()}}
             raise NonFiniteStep(", ".join(f"{k} {v:.4g}" for k, v in terms.items()))
-        self.update()
+        with self.phase("Adam + scheduler + EMA"):
+            self.update()
         return loss, logs, grad_norm
 
 

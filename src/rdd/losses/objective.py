@@ -1,6 +1,8 @@
 """A method's loss: its registered terms with their weights, summed."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -16,6 +18,11 @@ from rdd.registry import METHODS, check_method
 _OLD_PREFIXES = {"queue.": "m_p2p.queue.", "head.": "m_p2p.head."}
 
 
+def no_phase(name: str):
+    """The default phase hook: times nothing. A profiler sets its own (benchmarks/distill_step.py)."""
+    return nullcontext()
+
+
 def _rename_old_keys(module, state_dict, prefix, *_) -> None:
     for old, new in _OLD_PREFIXES.items():
         for key in [k for k in state_dict if k.startswith(prefix + old)]:
@@ -29,6 +36,7 @@ class MethodLoss(nn.Module):
     weighted by omega_t, the times t); it returns the total and {"loss_<term>": value} (detached).
     The terms live in the nn.ModuleDict `terms`, so .to(), state_dict() and parameters() cover the
     queue and the head. The frozen classifier is the caller's: .to() moves it, but it is no state.
+    `phase(name)` wraps the classifier passes and each term (`loss <term>`): a profiler's hook times them.
     """
 
     def __init__(self, terms: dict[str, tuple[float, LossTerm]], classifier: nn.Module | None = None,
@@ -43,6 +51,8 @@ class MethodLoss(nn.Module):
         object.__setattr__(self, "classifier", classifier.eval().requires_grad_(False) if classifier else None)
         self.schedule = schedule
         self.loss_weight = loss_weight  # omega_t of the terms weighted by it (rdd.diffusion.LOSS_WEIGHTS)
+        self.reads_features = bool(readers)
+        self.phase = no_phase
 
     @classmethod
     def from_config(cls, method: str, distill: DistillConfig, classifier: nn.Module | None = None,
@@ -73,9 +83,15 @@ class MethodLoss(nn.Module):
     def forward(self, x_student: torch.Tensor, x_target: torch.Tensor,
                 t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         batch = DistillBatch(x_student, x_target, t, self.classifier, self.schedule, self.loss_weight)
+        if self.reads_features:  # computed once here, shared by the terms
+            with self.phase("classifier on x~ (no grad)"):
+                _ = batch.features_teacher
+            with self.phase("classifier on x^ (grad)"):
+                _ = batch.features_student
         total, logs = 0.0, {}
         for name, term in self.terms.items():
-            value = term(batch)
+            with self.phase(f"loss {name}"):
+                value = term(batch)
             logs[f"loss_{name}"] = value.detach()  # read with float() only when logged: no GPU sync per term
             total = total + self.weights[name] * value
         return total, logs
