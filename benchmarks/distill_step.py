@@ -40,9 +40,9 @@ from rdd.data import FASHION_MNIST_DEBIAN, load_dataset
 from rdd.distill import stage_config
 from rdd.distributed import DistContext
 from rdd.losses.objective import no_phase
-from rdd.methods import METHODS, DistillationObjective, needs_classifier
+from rdd.methods import METHODS, DistillationObjective, StagePlan, needs_classifier
 from rdd.model_io import load_diffusion_model
-from rdd.networks import build_model, student_copy
+from rdd.networks import build_model, student_copy, student_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~ (no grad)",
@@ -109,20 +109,23 @@ class Trainer:
 
     @classmethod
     def for_method(cls, setup: Setup, method: str, args) -> "Trainer":
+        """The stage's objective as rdd.distill.build_stage builds it, from a plan of the setup's teacher."""
         cfg = copy.deepcopy(setup.cfg)
         cfg.distill.method = method
         cfg.distill.lpips_weights = args.lpips_weights
         teacher = copy.deepcopy(setup.teacher)
-        classifier = setup.classifier if needs_classifier(method) else None  # as rdd.distill.build_stage
-        objective = DistillationObjective(cfg, teacher, setup.teacher_steps, per_stage(cfg.distill.tau_cfd, 0), classifier)
-        student = student_copy(teacher).train().requires_grad_(True)
-        return cls(cfg, objective, student, setup.x, per_stage(cfg.distill.iterations, 0), args)
+        reading = student_reading(teacher, True, "auto", cfg.distill.loss_weight)
+        plan = StagePlan(cfg, teacher, "benchmark teacher", setup.teacher_steps, per_stage(cfg.distill.iterations, 0),
+                         per_stage(cfg.distill.tau_cfd, 0), reading, None)
+        classifier = setup.classifier if needs_classifier(method) else None
+        student = student_copy(teacher, reading["prediction_type"]).train().requires_grad_(True)
+        return cls(cfg, DistillationObjective(plan, classifier), student, setup.x, plan.iterations, args)
 
     def __init__(self, cfg: ExperimentConfig, objective, student: nn.Module, x: torch.Tensor, iterations: int, args):
         self.cfg, self.args = cfg, args
         self.objective, self.student, self.x = objective, student, x
         self.device = x.device
-        objective.modules.to(self.device)  # the queue and projection head, as fit moves them
+        objective.to(self.device)  # the queue and projection head (and a teacher), as fit moves them
         # The networks the objective runs besides the student (a base model's loss has none).
         loss_fn = getattr(objective, "loss", None)  # a distillation objective's MethodLoss holds the classifier
         networks = [getattr(objective, "teacher", None), getattr(loss_fn, "classifier", None)]
@@ -138,7 +141,7 @@ class Trainer:
         if args.compile:
             self.model = torch.compile(self.student, backend=args.compile_backend)
             if getattr(objective, "teacher", None) is not None:
-                objective.teacher = torch.compile(objective.teacher, backend=args.compile_backend)
+                object.__setattr__(objective, "teacher", torch.compile(objective.teacher, backend=args.compile_backend))
             if loss_fn is not None and loss_fn.classifier is not None:  # frozen, held outside the module tree
                 object.__setattr__(loss_fn, "classifier", torch.compile(loss_fn.classifier, backend=args.compile_backend))
         self.core.train_model = self.model

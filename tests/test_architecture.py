@@ -67,7 +67,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = module_imports()
-    assert "rdd.losses.truncated_snr" in graph["rdd.training"] or "rdd.losses" in graph["rdd.training"]
+    assert "rdd.networks" in graph["rdd.training"]  # imported inside train_base_model only
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 

@@ -1,4 +1,4 @@
-"""A method's loss: its registered terms with their weights, summed."""
+"""What a training step minimises (Objective), and a method's loss: its registered terms with their weights, summed (MethodLoss)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -27,6 +27,36 @@ def _rename_old_keys(module, state_dict, prefix, *_) -> None:
     for old, new in _OLD_PREFIXES.items():
         for key in [k for k in state_dict if k.startswith(prefix + old)]:
             state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+
+class Objective(nn.Module):
+    """What one training step minimises, the base model's loss and a distillation stage's alike:
+    `forward(model, x, labels)` returns the loss and {name: value} to log (tensors, detached).
+
+    `terms` (an nn.ModuleDict, empty for the base model) is the objective's state: the loop trains its
+    parameters, saves and restores it with each checkpoint and keeps it in step under DDP. Frozen networks
+    it reads (a teacher, a classifier) are no state: .to() moves them, state_dict() leaves them out.
+    `phase(name)` wraps each phase of its step: a profiler's hook times them (Trainer.set_phase_hook).
+    """
+
+    def __init__(self, terms: nn.ModuleDict | None = None):
+        super().__init__()
+        self.terms = nn.ModuleDict() if terms is None else terms
+        self.phase = no_phase
+
+    def set_phase_hook(self, hook) -> None:
+        self.phase = hook
+
+    def separately_optimized(self) -> list[nn.Parameter]:
+        """Parameters trained by their own Adam at a constant lr, outside the gradient clip."""
+        return []
+
+    def temperatures(self) -> dict[str, float]:
+        """{config key: value} of the temperatures it divides by, named when a loss overflows."""
+        return {}
+
+    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
 
 
 class MethodLoss(nn.Module):
