@@ -62,4 +62,5 @@ def test_a_term_and_method_from_a_plugin_train_a_stage_a_chain_and_a_report(teac
     assert "stage-2to1" in result.stdout
     assert "loss_at" in (tmp_path / "runs" / "chain" / "stage-2to1" / "metrics.jsonl").read_text()
     run_rdd("report", str(tmp_path / "runs"), "--plugin", str(PLUGIN))
-    assert "cfd_at" in (tmp_path / "runs" / "report.md").read_text()
+    page = (tmp_path / "runs" / "report.md").read_text()
+    assert "| stage |" in page and "| chain/stage-2to1 |" in page and (tmp_path / "runs" / "report" / "loss_curves.png").is_file()
