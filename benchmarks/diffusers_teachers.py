@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from rdd.config import load_config
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext, default_device
+from rdd.files import write_json_atomic
 from rdd.layout import stage_dir
 from rdd.metrics import evaluate_checkpoint
 from rdd.tables import markdown_table
@@ -61,9 +61,7 @@ class Results:
             r = evaluate_checkpoint(ckpt, steps, num_samples=args.num, seed=0, evalnet=str(EVALNET), progress=False,
                                     reference_split=args.reference, holdout=10000, device=default_device())
             self.data[key] = {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt), "seconds": round(time.time() - start, 1)}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, self.data)
             print(f"{self.path.parent.name} {key}: FD {r['fd']:.2f}", flush=True)
         return self.data[key]["fd"]
 

@@ -2,11 +2,10 @@
 
 For each method the script times (1) the real step, `rdd.training.Trainer.train_step`: the one step of
 rdd.training.fit (objective, backward, gradient average and clip, finiteness check, Adam, scheduler, EMA)
-without data loading and logging, and (2) a profiled step that runs the objective's operations in
-the same order (rdd.methods.DistillationObjective.__call__), timing each phase with
-time.perf_counter (on a GPU each phase ends with a synchronize). The backward pass is split in stages with
-torch.autograd.grad: loss terms -> the classifier's feature map (or x-hat for PD), through the
-classifier to x-hat, then through the student.
+without data loading and logging, and (2) the same step profiled: a phase hook on the Trainer, which
+passes it to the objective and its rdd.losses.MethodLoss, times each phase and each loss term with
+time.perf_counter (on a GPU each phase ends with a synchronize). The backward pass is split where its
+gradient reaches the classifier's feature map and x-hat (tensor hooks): loss terms, classifier, student.
 
 "Network passes" = teacher two DDIM steps + student forward + student backward + classifier
 forwards + classifier backward; the target is step <= 1.1 x network passes. Two ratios are printed:
@@ -24,6 +23,7 @@ It runs on the GPU when there is one (--device); benchmarks/gpu.py uses its step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import statistics
@@ -35,23 +35,22 @@ from torch import nn
 
 from rdd import training
 from rdd.classifier import build_classifier, load_classifier
-from rdd.config import ExperimentConfig, load_config
+from rdd.config import ExperimentConfig, load_config, per_stage
 from rdd.data import FASHION_MNIST_DEBIAN, load_dataset
-from rdd.diffusion import sample_student_times, teacher_two_step_target
-from rdd.distill import per_stage, stage_config
+from rdd.distill import stage_config
 from rdd.distributed import DistContext
-from rdd.losses import M_P2P, DistillBatch
-from rdd.methods import METHODS, DistillationObjective, needs_classifier
+from rdd.losses.objective import no_phase
+from rdd.methods import METHODS, DistillationObjective, StagePlan, needs_classifier
 from rdd.model_io import load_diffusion_model
-from rdd.networks import build_model, student_copy
+from rdd.networks import build_model, student_copy, student_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK_PHASES = ["teacher two DDIM steps", "student forward", "classifier on x~ (no grad)",
                   "classifier on x^ (grad)", "classifier backward", "student backward"]
+# The phases the step's hooks name, in the step's order; a term of a method added later shows as `loss <term>`.
 PHASES = ["noise z_t", NETWORK_PHASES[0], NETWORK_PHASES[1], NETWORK_PHASES[2], NETWORK_PHASES[3],
-          "loss pd", "loss lpips", "loss cfd", "loss ii_p2p", "loss is_p2p", "loss m_p2p (head + relations)",
-          "queue push", "queue draw", "losses backward", NETWORK_PHASES[4], NETWORK_PHASES[5],
-          "grad norm + clip", "Adam + scheduler + EMA"]
+          "loss pd", "loss lpips", "loss cfd", "loss ii_p2p", "loss is_p2p", "loss m_p2p",
+          "losses backward", NETWORK_PHASES[4], NETWORK_PHASES[5], "grad norm + clip", "Adam + scheduler + EMA"]
 
 
 @dataclasses.dataclass
@@ -110,20 +109,23 @@ class Trainer:
 
     @classmethod
     def for_method(cls, setup: Setup, method: str, args) -> "Trainer":
+        """The stage's objective as rdd.distill.build_stage builds it, from a plan of the setup's teacher."""
         cfg = copy.deepcopy(setup.cfg)
         cfg.distill.method = method
         cfg.distill.lpips_weights = args.lpips_weights
         teacher = copy.deepcopy(setup.teacher)
-        classifier = setup.classifier if needs_classifier(method) else None  # as rdd.distill.build_stage
-        objective = DistillationObjective(cfg, teacher, setup.teacher_steps, per_stage(cfg.distill.tau_cfd, 0), classifier)
-        student = student_copy(teacher).train().requires_grad_(True)
-        return cls(cfg, objective, student, setup.x, per_stage(cfg.distill.iterations, 0), args)
+        reading = student_reading(teacher, True, "auto", cfg.distill.loss_weight)
+        plan = StagePlan(cfg, teacher, "benchmark teacher", setup.teacher_steps, per_stage(cfg.distill.iterations, 0),
+                         per_stage(cfg.distill.tau_cfd, 0), reading, None)
+        classifier = setup.classifier if needs_classifier(method) else None
+        student = student_copy(teacher, reading["prediction_type"]).train().requires_grad_(True)
+        return cls(cfg, DistillationObjective(plan, classifier), student, setup.x, plan.iterations, args)
 
     def __init__(self, cfg: ExperimentConfig, objective, student: nn.Module, x: torch.Tensor, iterations: int, args):
         self.cfg, self.args = cfg, args
         self.objective, self.student, self.x = objective, student, x
         self.device = x.device
-        objective.modules.to(self.device)  # the queue and projection head, as fit moves them
+        objective.to(self.device)  # the queue and projection head (and a teacher), as fit moves them
         # The networks the objective runs besides the student (a base model's loss has none).
         loss_fn = getattr(objective, "loss", None)  # a distillation objective's MethodLoss holds the classifier
         networks = [getattr(objective, "teacher", None), getattr(loss_fn, "classifier", None)]
@@ -139,7 +141,7 @@ class Trainer:
         if args.compile:
             self.model = torch.compile(self.student, backend=args.compile_backend)
             if getattr(objective, "teacher", None) is not None:
-                objective.teacher = torch.compile(objective.teacher, backend=args.compile_backend)
+                object.__setattr__(objective, "teacher", torch.compile(objective.teacher, backend=args.compile_backend))
             if loss_fn is not None and loss_fn.classifier is not None:  # frozen, held outside the module tree
                 object.__setattr__(loss_fn, "classifier", torch.compile(loss_fn.classifier, backend=args.compile_backend))
         self.core.train_model = self.model
@@ -156,83 +158,60 @@ class Trainer:
         return time.perf_counter() - start
 
     def profiled_step(self) -> dict[str, float]:
-        """One step as the objective and the loop run it, phase by phase; returns seconds per phase."""
-        times: dict[str, float] = {}
-        synchronize(self.device)
-        last = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal last
-            synchronize(self.device)
-            now = time.perf_counter()
-            times[name] = times.get(name, 0.0) + now - last
-            last = now
-
-        obj, x = self.objective, self.x
-        # The queue's own time is taken out of the M_P2P term's.
-        for term in (term for term in obj.modules.values() if isinstance(term, M_P2P)):
-            term.queue.push = timed(term.queue.push, "queue push", times, self.device)
-            term.queue.draw = timed(term.queue.draw, "queue draw", times, self.device)
+        """The same real step, timed phase by phase through the hooks of rdd.training.Trainer and the
+        objective (each term of rdd.losses.MethodLoss included); returns seconds per phase."""
+        clock = PhaseClock(self.device)
+        hooks = [self.student.register_forward_hook(clock.mark_gradient_of("x-hat"))]
+        classifier = getattr(getattr(self.objective, "loss", None), "classifier", None)
+        if classifier is not None:
+            hooks.append(classifier.register_forward_hook(clock.mark_gradient_of("feature map")))
+        self.core.set_phase_hook(clock)
         try:
-            with self.autocast():
-                t = sample_student_times(x.shape[0], obj.teacher_steps // 2, device=x.device)
-                z_t = obj.schedule.diffuse(x, t, torch.randn_like(x))
-                lap("noise z_t")
-                with torch.no_grad():
-                    x_target = teacher_two_step_target(obj.teacher, z_t, t, obj.teacher_steps, None,
-                                                       clip=obj.fidelity.teacher_clip).float()
-                lap(NETWORK_PHASES[0])
-                batch = DistillBatch(self.model(z_t, t, None), x_target, t, obj.loss.classifier, obj.schedule)
-                lap(NETWORK_PHASES[1])
-                if obj.loss.classifier is not None:  # cached on the batch, so the terms reuse them
-                    _ = batch.features_teacher
-                    lap(NETWORK_PHASES[2])
-                    _ = batch.features_student
-                    lap(NETWORK_PHASES[3])
-                loss = 0.0
-                for name, term in obj.modules.items():
-                    queue_before = times.get("queue push", 0.0) + times.get("queue draw", 0.0)
-                    loss = loss + obj.loss.weights[name] * term(batch)
-                    key = "loss m_p2p (head + relations)" if name == "m_p2p" else f"loss {name}"
-                    lap(key)
-                    times[key] -= times.get("queue push", 0.0) + times.get("queue draw", 0.0) - queue_before
+            self.core.train_step(self.x, None)
         finally:
-            for term in (term for term in obj.modules.values() if isinstance(term, M_P2P)):
-                del term.queue.push, term.queue.draw
-        self.core.zero_grad()
-        # Backward in stages: the losses (and projection head) down to the classifier's feature map,
-        # through the classifier to x-hat, through the student.
-        x_student = batch.x_student
-        head = list(obj.modules["m_p2p"].head.parameters()) if "m_p2p" in obj.modules else []
-        if obj.loss.classifier is not None:
-            fmap = batch.features_student.feature_map  # the pooled features derive from it
-            g_map, *g_head = torch.autograd.grad(loss, [fmap, *head])
-            for p, g in zip(head, g_head):
-                p.grad = g
-            lap("losses backward")
-            (g_x,) = torch.autograd.grad(fmap, x_student, g_map)
-            lap(NETWORK_PHASES[4])
+            self.core.set_phase_hook(no_phase)
+            for hook in hooks:
+                hook.remove()
+        return clock.times
+
+
+class PhaseClock:
+    """A phase hook: the seconds of each phase (on a GPU, synchronized at both ends). The backward pass
+    is split where the gradient reaches the classifier's feature map and x-hat: losses backward,
+    classifier backward, student backward."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.marks = device, {}, {}
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.marks = {}
+        start = self.now()
+        yield
+        end = self.now()
+        if name == "backward":
+            self.split_backward(start, end)
         else:
-            (g_x,) = torch.autograd.grad(loss, x_student)
-            lap("losses backward")
-        x_student.backward(g_x)
-        lap(NETWORK_PHASES[5])
-        self.core.clip_gradients()
-        lap("grad norm + clip")
-        self.core.update()
-        lap("Adam + scheduler + EMA")
-        return times
+            self.times[name] = self.times.get(name, 0.0) + end - start
 
+    def split_backward(self, start: float, end: float) -> None:
+        ends = [self.marks[m] for m in ("feature map", "x-hat") if m in self.marks]
+        names = ["losses backward", NETWORK_PHASES[4]][:len(ends)] + [NETWORK_PHASES[5]]
+        bounds = [start, *ends, end]
+        for phase, a, b in zip(names, bounds, bounds[1:]):
+            self.times[phase] = self.times.get(phase, 0.0) + b - a
 
-def timed(fn, name: str, times: dict, device: torch.device):
-    def wrapper(*args, **kwargs):
-        synchronize(device)
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        synchronize(device)
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        return out
-    return wrapper
+    def mark_gradient_of(self, name: str):
+        """A forward hook: notes the time at which the backward pass reaches the module's output."""
+        def hook(module, inputs, output):
+            tensor = getattr(output, "feature_map", output)
+            if tensor.requires_grad:
+                tensor.register_hook(lambda grad: self.marks.__setitem__(name, self.now()))
+        return hook
 
 
 def run_method(setup: Setup, method: str, args) -> dict:
@@ -244,7 +223,8 @@ def run_method(setup: Setup, method: str, args) -> dict:
     for _ in range(args.steps):  # alternated, so that a change in the machine's load hits both alike
         steps.append(trainer.step())
         profiles.append(trainer.profiled_step())
-    phases = {name: statistics.median(p.get(name, 0.0) for p in profiles) for name in PHASES}
+    names = PHASES + sorted({name for p in profiles for name in p} - set(PHASES))
+    phases = {name: statistics.median(p.get(name, 0.0) for p in profiles) for name in names}
     networks = [sum(p.get(name, 0.0) for name in NETWORK_PHASES) for p in profiles]
     step, network = statistics.median(steps), statistics.median(networks)
     # Within one profiled step other jobs on the machine slow the network passes and the rest alike.
@@ -263,11 +243,11 @@ def print_tables(config: str, setup: Setup, results: list[dict], skipped: list[s
     print(f"\n### {config}: batch {setup.x.shape[0]}, {tuple(setup.x.shape[1:])} images, U-Net {params:.1f}M "
           f"parameters, {', '.join(flags)}, {torch.get_num_threads()} thread(s), median of {args.steps} steps\n")
     print("| method | step (ms) | it/s | network passes (ms) | step / network passes | profiled step / its network passes "
-          "| losses fwd + bwd + queue (ms) | bookkeeping (ms) |")
+          "| losses fwd + bwd (ms) | bookkeeping (ms) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         p = r["phases"]
-        losses = sum(v for k, v in p.items() if k.startswith(("loss ", "queue"))) + p["losses backward"]
+        losses = sum(v for k, v in p.items() if k.startswith("loss ")) + p["losses backward"]
         bookkeeping = p["grad norm + clip"] + p["Adam + scheduler + EMA"]
         print(f"| {r['method']} | {ms(r['step'])} | {1 / r['step']:.2f} | {ms(r['network'])} | "
               f"{r['ratio']:.3f} | {r['profiled_ratio']:.3f} | {ms(losses)} | {ms(bookkeeping)} |")
@@ -276,9 +256,9 @@ def print_tables(config: str, setup: Setup, results: list[dict], skipped: list[s
     print("\nPhases (ms, median over the profiled steps):\n")
     print("| phase | " + " | ".join(r["method"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
-    for name in PHASES:
-        if any(r["phases"][name] for r in results):
-            print(f"| {name} | " + " | ".join(ms(r["phases"][name]) if r["phases"][name] else "-" for r in results) + " |")
+    for name in dict.fromkeys(name for r in results for name in r["phases"]):
+        if any(r["phases"].get(name) for r in results):
+            print(f"| {name} | " + " | ".join(ms(r["phases"][name]) if r["phases"].get(name) else "-" for r in results) + " |")
     print("| **sum of phases (profiled step)** | " + " | ".join(ms(r["profiled"]) for r in results) + " |")
     print("| **real step** | " + " | ".join(ms(r["step"]) for r in results) + " |")
 

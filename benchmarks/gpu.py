@@ -42,14 +42,13 @@ import isp2p
 import sampling_speed
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.classifier import build_classifier
-from rdd.config import load_config
+from rdd.config import load_config, per_stage
 from rdd.diffusion import halving_chain
-from rdd.distill import per_stage
 from rdd.layout import MODEL_FILE, TRAIN_STATE
 from rdd.losses import is_p2p_loss, is_p2p_loss_dense
-from rdd.losses.truncated_snr import TruncatedSNRLoss
 from rdd.model_io import export_model
 from rdd.networks import build_model, count_parameters
+from rdd.training import TruncatedSNRObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10, IMAGENET64 = ROOT / "configs/cifar10", ROOT / "configs/imagenet64"
@@ -308,7 +307,7 @@ def resume_worker(args) -> None:
     """Run by torchrun: one RDD stage through rdd.distill, with NCCL on a GPU (gloo on a CPU)."""
     import torch.distributed as dist
 
-    from rdd.distill import build_stage, train_stage
+    from rdd.distill import build_stage, plan_stage, train_stage
     from rdd.distributed import init_distributed
 
     if args.deterministic:  # warn_only: the ops that have no deterministic kernel are listed, not refused
@@ -322,13 +321,13 @@ def resume_worker(args) -> None:
     cfg = load_config(CIFAR10 / "distill.yaml", resume_overrides(scale, work, dist.get_world_size()))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stage = build_stage(cfg, work / "teacher.pt", ctx)
+        stage = build_stage(plan_stage(cfg, work / "teacher.pt", ctx.device), ctx)
         train_stage(stage, args.stage_dir, ctx, resume=args.resume)
     nondeterministic = {str(w.message).split(" does not have")[0] for w in caught
                         if "does not have a deterministic implementation" in str(w.message)}
     if ctx.is_main:
         info = {"backend": dist.get_backend(), "processes": dist.get_world_size(), "device": str(ctx.device),
-                "sync_batchnorm_modules": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in stage.objective.modules.modules()),
+                "sync_batchnorm_modules": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in stage.objective.terms.modules()),
                 "ops_without_deterministic_kernel": sorted(nondeterministic)}
         Path(f"{args.stage_dir}.json").write_text(json.dumps(info))
     dist.destroy_process_group()
@@ -467,7 +466,7 @@ def base_training(config_dir: Path, model_overrides, batch: int, scale: Scale, d
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.data).to(device).train()
     x = distill_step.images(cfg, batch).to(device)
-    trainer = distill_step.Trainer(cfg, TruncatedSNRLoss(), model, x, cfg.train.iterations, step_args(scale, bf16=bf16))
+    trainer = distill_step.Trainer(cfg, TruncatedSNRObjective(), model, x, cfg.train.iterations, step_args(scale, bf16=bf16))
     with PeakMemory(device) as memory:
         for _ in range(scale.warmup):
             trainer.step()

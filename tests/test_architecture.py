@@ -67,7 +67,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = module_imports()
-    assert "rdd.losses.truncated_snr" in graph["rdd.training"] or "rdd.losses" in graph["rdd.training"]
+    assert "rdd.networks" in graph["rdd.training"]  # imported inside train_base_model only
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
@@ -80,7 +80,7 @@ def test_no_import_cycle_between_modules_function_level_imports_included():
 LAYERS = [["cli"], ["benchmark", "sweep", "demo", "report"], ["distill", "methods"], ["training", "rundir", "classifier", "dryrun"],
           ["metrics", "sampling"], ["model_io", "diffusers_io", "diffusers_pipeline"], ["losses"],
           ["networks", "classifier_nets", "diffusion", "baselines", "data", "distributed"],
-          ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "fidelity", "errors"]]
+          ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "plugins", "fidelity", "errors"]]
 
 
 def test_modules_import_only_downwards_as_the_readme_lays_them_out():

@@ -9,20 +9,13 @@ so a damaged copy (a flipped bit on disk, a bad transfer) is refused instead of 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from rdd.errors import RddError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from rdd.files import write_atomic
 
 
 DIGEST_KEY = "content_sha256"
@@ -64,21 +57,8 @@ def first_nonfinite(weights: dict) -> str | None:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    path = Path(path)
     state = {**state, DIGEST_KEY: content_digest(state)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -28,6 +28,7 @@ from rdd.config import ClassifierConfig, ExperimentConfig
 from rdd.data import class_count, load_dataset, random_hflip
 from rdd.distributed import DistContext, default_device
 from rdd.layout import RUN_FILES
+from rdd.losses import Objective
 from rdd.training import Batches, Recipe, RunPlan, RunWriter, per_rank_batch, run_loop
 
 __all__ = ["ARCHS", "STEMS", "ClassifierOutput", "EvalNet", "FeatureClassifier", "build_classifier", "load_classifier",
@@ -104,13 +105,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 500,
     return counts[0].item() / max(counts[1].item(), 1)
 
 
-class CrossEntropy:
-    """The classifier's objective: cross-entropy of its logits; logs the batch's training accuracy."""
+class CrossEntropy(Objective):
+    """The classifier's objective: cross-entropy of its logits; logs the batch's training accuracy. It has no state."""
 
-    def __init__(self):
-        self.modules = nn.ModuleDict()  # nothing of its own to train
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = model(x).logits
         return F.cross_entropy(logits, labels), {"train_acc": (logits.argmax(1) == labels).float().mean()}
 

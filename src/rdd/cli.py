@@ -27,6 +27,7 @@ def cmd_train(args) -> None:
 
 def _distill_config(args):
     from rdd.config import load_config
+    from rdd.registry import check_method
 
     overrides = list(args.overrides)
     if args.method:
@@ -34,7 +35,9 @@ def _distill_config(args):
         if asked and asked[-1] != args.method:
             raise RddError(f"--method {args.method} and --set distill.method={asked[-1]} disagree; pass one of them")
         overrides.append(f"distill.method={args.method}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    check_method(cfg.distill.method)  # before the teacher loads; a plugin's method is known by now
+    return cfg
 
 
 def cmd_distill(args) -> None:
@@ -163,7 +166,7 @@ def cmd_sweep(args) -> None:
                      seeds=parse_ints(args.seeds, "--seeds"), overrides=args.overrides, to=args.to,
                      eval_at=parse_ints(args.eval_at, "--eval-at") if args.eval_at else [],
                      eval_samples=args.eval_samples, eval_seed=args.eval_seed, evalnet=args.evalnet,
-                     reference=args.reference, holdout=args.holdout, record=args.record)
+                     reference=args.reference, holdout=args.holdout, record=args.record, plugins=args.plugins)
     if args.jobs < 1:
         raise RddError(f"--jobs {args.jobs}: run at least one process")
     check_sample_count(spec.eval_samples, "--eval-samples")
@@ -247,7 +250,8 @@ def _add_training_commands(sub) -> None:
         _add_config_args(p)
         p.add_argument("--teacher", required=True,
                        help="model.pt of the teacher (a base model or a student), or a diffusers folder (docs/diffusers.md)")
-        p.add_argument("--method", choices=list(METHODS), help="the loss terms to distil with (default: distill.method)")
+        p.add_argument("--method", help=f"the loss terms to distil with: {', '.join(METHODS)} or a plugin's "
+                                        "(default: distill.method)")
         p.add_argument("--out", required=True, help="run folder")
         if name == "distill":
             p.add_argument("--stage", type=int, default=0, help="index into the per-stage lists (iterations, tau_cfd)")
@@ -353,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for add_commands in (_add_training_commands, _add_sweep_command, _add_model_commands, _add_page_commands):
         add_commands(sub)
+    for p in sub.choices.values():
+        p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                       help="import this Python file or module first: its loss terms and methods (docs/extending.md); repeatable")
     return parser
 
 
@@ -383,6 +390,14 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rdd.plugins import load_plugins, plugins_in
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # before the parser is built: it lists the plugins' methods
+        load_plugins(plugins_in(argv))
+    except RddError as e:
+        print(f"rdd: error: {one_line(e, 2000)}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     try:

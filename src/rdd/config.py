@@ -201,6 +201,7 @@ class EvalConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
+    plugins: list[str] = field(default_factory=list)  # Python files or modules imported first (rdd.plugins)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -216,6 +217,11 @@ class ExperimentConfig:
 
 
 INT_LIMIT = 2**31 - 1
+
+
+def per_stage(values: list, index: int):
+    """The stage's entry of a per-stage list (distill.iterations, tau_cfd, ...); the last entry repeats for later stages."""
+    return values[min(index, len(values) - 1)]
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -358,5 +364,10 @@ def read_yaml_config(path: str | Path, seen: tuple = ()) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    data = read_yaml_config(path) if path is not None else {}
-    return from_dict(apply_overrides(data, overrides or []))
+    """The config at `path` with `overrides`; its `plugins` are imported before the rest is read, so the
+    terms and methods they register are known to it."""
+    from rdd.plugins import load_plugins
+
+    data = apply_overrides(read_yaml_config(path) if path is not None else {}, overrides or [])
+    load_plugins(_coerce(data.get("plugins", []), list[str], "plugins"))
+    return from_dict(data)

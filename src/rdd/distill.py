@@ -15,23 +15,17 @@ from pathlib import Path
 import torch
 
 from rdd.classifier_nets import FeatureClassifier, load_classifier
-from rdd.config import ExperimentConfig
+from rdd.config import ExperimentConfig, per_stage
 from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
-from rdd.fidelity import resolve_fidelity
 from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
-from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
+from rdd.methods import DistillationObjective, StagePlan, check_terms, needs_classifier, require_classifier
 from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
 from rdd.rundir import check_same_run, manifest
 from rdd.training import fit
-
-
-def per_stage(values: list, index: int):
-    """The stage's entry of a per-stage list; the last entry repeats for later stages."""
-    return values[min(index, len(values) - 1)]
 
 
 def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
@@ -60,20 +54,10 @@ def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: 
     return dataclasses.replace(cfg, model=model, data=data)
 
 
-@dataclass
-class Stage:
-    """Everything one stage trains: the student (a copy of the teacher), its objective and settings."""
-
-    cfg: ExperimentConfig
-    student: torch.nn.Module
-    objective: DistillationObjective
-    iterations: int
-    meta: dict
-
-
-def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_index: int = 0):
-    """What defines a stage, before its objective is built: (config, teacher, meta, iterations)."""
-    teacher, teacher_cfg, teacher_meta = load_diffusion_model(teacher_path, device)
+def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_index: int = 0, loaded=None) -> StagePlan:
+    """What defines a stage, before its objective is built. `loaded`: the teacher's
+    rdd.model_io.load_diffusion_model result when the caller has it already (each teacher loads once)."""
+    teacher, teacher_cfg, teacher_meta = loaded or load_diffusion_model(teacher_path, device)
     teacher_steps = teacher_step_count(teacher_meta, cfg, teacher_path)
     halving_chain(teacher_steps, teacher_steps // 2)  # refuses an odd step count
     asked = per_stage(cfg.distill.student_reading, stage_index)
@@ -82,42 +66,44 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
                        "teachers, leave it at auto")
     reading = student_reading(teacher, bool(teacher_meta.get("sampling_steps")), asked, cfg.distill.loss_weight)
     cfg = stage_config(cfg, teacher_cfg, reading["prediction_type"])
-    meta = {"sampling_steps": teacher_steps // 2, "teacher_steps": teacher_steps, "method": cfg.distill.method,
-            "tau_cfd": per_stage(cfg.distill.tau_cfd, stage_index), "teacher": str(teacher_path),
-            "fidelity": cfg.distill.fidelity, "fidelity_switches": resolve_fidelity(cfg.distill).as_dict(),
-            "student_reading": reading}
     require_classifier(cfg)
-    if needs_classifier(cfg.distill.method):
-        meta["classifier"] = cfg.classifier.checkpoint
-    return cfg, teacher, meta, per_stage(cfg.distill.iterations, stage_index)
+    return StagePlan(cfg, teacher, str(teacher_path), teacher_steps, per_stage(cfg.distill.iterations, stage_index),
+                     per_stage(cfg.distill.tau_cfd, stage_index), reading,
+                     cfg.classifier.checkpoint if needs_classifier(cfg.distill.method) else None)
 
 
-def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
-    cfg, teacher, meta, iterations = plan_stage(cfg, teacher_path, ctx.device, stage_index)
-    check_terms(cfg.distill)
-    classifier = load_classifier(meta["classifier"], ctx.device) if "classifier" in meta else None
+@dataclass
+class Stage:
+    """Everything one stage trains: its plan, the student (a copy of the teacher) and its objective."""
+
+    plan: StagePlan
+    student: torch.nn.Module
+    objective: DistillationObjective
+
+
+def build_stage(plan: StagePlan, ctx: DistContext) -> Stage:
+    check_terms(plan.cfg.distill)
+    classifier = load_classifier(plan.classifier, ctx.device) if plan.classifier else None
     if classifier is not None and not isinstance(classifier, FeatureClassifier):
-        raise RddError(f"classifier.checkpoint '{meta['classifier']}' is the evaluation network; distilling through it would "
+        raise RddError(f"classifier.checkpoint '{plan.classifier}' is the evaluation network; distilling through it would "
                        "grade the student with its own teacher: pass the distillation classifier (rdd train-classifier)")
-    reading = meta["student_reading"]
-    objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier,
-                                      reading["loss_weight"]).to(ctx.device)
-    student = student_copy(teacher, reading["prediction_type"]).train().requires_grad_(True)
-    return Stage(cfg, student, objective, iterations, meta)
+    objective = DistillationObjective(plan, classifier).to(ctx.device)
+    student = student_copy(plan.teacher, plan.reading["prediction_type"]).train().requires_grad_(True)
+    return Stage(plan, student, objective)
 
 
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
-    steps = stage.meta["sampling_steps"]
-    fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
-        meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps,
-        desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
+    plan = stage.plan
+    desc = f"{plan.cfg.distill.method} {plan.teacher_steps}->{plan.student_steps}"
+    fit(plan.cfg, stage.student, stage.objective, out_dir, ctx, iterations=plan.iterations, lr=plan.cfg.train.lr,
+        meta=plan.meta(), resume=resume, overwrite=overwrite, grid_steps=plan.student_steps, desc=desc)
     return Path(out_dir) / MODEL_FILE
 
 
 def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
               stage_index: int = 0, resume: bool = True, overwrite: bool = False) -> Path:
     """Distil the teacher at `teacher_path` (N steps) into an N/2-step student in `out_dir`."""
-    return train_stage(build_stage(cfg, teacher_path, ctx, stage_index), out_dir, ctx, resume, overwrite)
+    return train_stage(build_stage(plan_stage(cfg, teacher_path, ctx.device, stage_index), ctx), out_dir, ctx, resume, overwrite)
 
 
 def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext,
@@ -125,8 +111,8 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
     """Run the chain teacher_steps -> ... -> target_steps, skipping finished stages made with the same
     settings (`overwrite`: run every stage afresh)."""
     out_dir = Path(out_dir)
-    _, _, meta = load_diffusion_model(teacher_path)
-    chain = halving_chain(teacher_step_count(meta, cfg, teacher_path), cfg.distill.target_steps)
+    loaded = load_diffusion_model(teacher_path, ctx.device)  # each teacher loads once: here, then each stage's student
+    chain = halving_chain(teacher_step_count(loaded[2], cfg, teacher_path), cfg.distill.target_steps)
     summary_path = out_dir / "chain.json"
     summary = {"method": cfg.distill.method, "stages": {}}
     if summary_path.is_file() and not overwrite:
@@ -135,18 +121,18 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
     for index, steps in enumerate(chain[:-1]):
         folder = stage_dir(out_dir, steps)
         stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
+        plan = plan_stage(stage_cfg, teacher, ctx.device, index, loaded)
         if (folder / MODEL_FILE).is_file() and not overwrite:
-            planned, _, meta, iterations = plan_stage(stage_cfg, teacher, "cpu", index)
-            check_same_run(folder, manifest(planned, meta, iterations), "finished stage")
+            check_same_run(folder, manifest(plan.cfg, plan.meta(), plan.iterations), "finished stage")
             if ctx.is_main:
                 print(f"stage {steps}->{steps // 2}: done, skipping ({folder / MODEL_FILE})")
         else:
             start = time.time()
-            run_stage(stage_cfg, teacher, folder, ctx, stage_index=index, resume=not overwrite, overwrite=overwrite)
+            train_stage(build_stage(plan, ctx), folder, ctx, resume=not overwrite, overwrite=overwrite)
             summary["stages"][f"{steps}to{steps // 2}"] = {"seconds": round(time.time() - start, 1), "model": str(folder / MODEL_FILE)}
             if ctx.is_main:
                 write_json_atomic(summary_path, summary)
         barrier()
-        teacher = folder / MODEL_FILE
+        teacher, loaded = folder / MODEL_FILE, None
         models.append(teacher)
     return models

@@ -1,16 +1,21 @@
 """Files a resume trusts: written atomically, and recognised by their sha256.
 
-An atomic write goes to a temporary file `.NAME.PID.tmp` beside the target and is renamed over it,
-so a reader, or the next run, never sees half a file; a kill leaves only the temporary file, which
-rdd.rundir removes on the next start.
+An atomic write (`write_atomic`) goes to a temporary file beside the target, is flushed to disk
+and renamed over it, so a reader, or the next run, never sees half a file; a kill leaves only the
+temporary file, named `TEMP_PREFIX` + pid + a random part + the target's name + `TEMP_SUFFIX`
+(`TEMP_GLOB` matches them), which no user would choose and rdd.rundir removes on the next start.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
+
+TEMP_PREFIX, TEMP_SUFFIX = ".rdd-tmp-", ".tmp"
+TEMP_GLOB = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"  # every temporary file of an atomic write, and nothing else
 
 
 def file_digest(path: str | Path) -> str:
@@ -29,12 +34,29 @@ def digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def temporary_path(path: Path) -> Path:
+    """A fresh temporary name beside `path`: the pid and a random part keep concurrent writers apart."""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}{TEMP_SUFFIX}")
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(f)` into a temporary file beside `path`, flushed to disk, then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomic(path: str | Path, data) -> None:

@@ -27,7 +27,7 @@ from rdd.config import DataConfig
 from rdd.data import load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
-from rdd.files import file_digest
+from rdd.files import file_digest, write_atomic
 from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
 from rdd.sampling import to_uint8_nhwc
 
@@ -159,10 +159,7 @@ def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str 
     evalnet = load_evalnet(evalnet_path, data, device)
     features, _ = evalnet_outputs(evalnet, load_dataset(data, split), batch_size, progress)
     mu, sigma = feature_statistics(features)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")  # atomic: a reader never sees half a file
-    np.savez(tmp, key=key, mu=mu, sigma=sigma)
-    os.replace(tmp, cache)
+    write_atomic(cache, lambda f: np.savez(f, key=key, mu=mu, sigma=sigma))  # a reader never sees half a file
     return mu, sigma
 
 

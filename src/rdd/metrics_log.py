@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
+
+from rdd.files import write_text_atomic
 
 
 class MetricsLog:
@@ -39,9 +40,7 @@ class MetricsLog:
             return
         text = self.path.read_bytes().decode("utf-8", errors="replace")
         lines = [line for line in text.splitlines() if (at := _step(line)) is not None and at <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps the old log whole
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in lines))  # a kill mid-write keeps the old log whole
 
     def close(self) -> None:
         if self.tb is not None:

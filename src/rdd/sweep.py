@@ -41,6 +41,7 @@ class SweepSpec:
     reference: str = "val"  # val (held-out training images, for choosing) | test (for reporting)
     holdout: int = 10000
     record: str | None = None  # folder of per-run result files kept outside the (git-ignored) run folders
+    plugins: list[str] = field(default_factory=list)  # --plugin: imported again by each run's process
 
 
 @dataclass
@@ -139,10 +140,13 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
 
     import torch
 
+    from rdd.config import per_stage
     from rdd.distill import run_progressive, run_stage
     from rdd.distributed import init_distributed
     from rdd.model_io import load_diffusion_model
+    from rdd.plugins import load_plugins
 
+    load_plugins(spec.plugins)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     folder = Path(run.folder)
     cfg = run_config(spec, run)
@@ -157,7 +161,7 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
     evaluations = []
     for index, model in enumerate(stages):
         _, _, meta = load_diffusion_model(model)
-        last = cfg.distill.iterations[min(index, len(cfg.distill.iterations) - 1)]
+        last = per_stage(cfg.distill.iterations, index)
         points = [(i, model.parent / "snapshots" / f"model-{i:07d}.pt") for i in spec.eval_at if i < last] + [(last, model)]
         for iteration, ckpt in points:
             if not ckpt.is_file():

@@ -28,26 +28,31 @@ from rdd import rundir
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, require_keys, save_checkpoint
 from rdd.config import ExperimentConfig, TrainConfig, to_dict
 from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
-from rdd.diffusion import EPS_READING_MIN_ALPHA, ddim_sample
+from rdd.diffusion import COSINE, EPS_READING_MIN_ALPHA, ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
 from rdd.layout import DIFFUSION_FILES, MODEL_FILE, RunFiles
+from rdd.losses import Objective
+from rdd.losses.objective import no_phase
 from rdd.metrics_log import MetricsLog, save_grid
 from rdd.model_io import export_model
 
 
-class Objective(Protocol):
-    """Loss of one batch. `modules` holds its trainable parts and state (projection head, queue).
+TRAIN_GRID = 1024  # a base model's t is drawn from {1/T, ..., 1}, the public code's discrete grid of T = 1024 steps
 
-    Optional: `separately_optimized`, parameters with their own Adam outside the clip, and
-    `temperatures`, {config key: value}, named when a loss overflows.
-    """
 
-    modules: nn.ModuleDict
+class TruncatedSNRObjective(Objective):
+    """The base (teacher) model's objective (Salimans & Ho 2022, as paper §5.1): omega_t ||x_hat - x||^2
+    with omega_t = max(alpha_t^2 / sigma_t^2, 1). It has no state."""
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        ...
+    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        t = torch.randint(1, TRAIN_GRID + 1, (x.shape[0],), device=x.device).float() / TRAIN_GRID
+        z_t = COSINE.diffuse(x, t, torch.randn_like(x))
+        x_hat = model(z_t, t, labels)
+        per_image = (x_hat.float() - x).pow(2).flatten(1).mean(1)
+        # A tensor, not .item(): no GPU sync per step; the loop calls float() when it logs.
+        return (COSINE.truncated_snr_weight(t) * per_image).mean(), {"mse": per_image.mean().detach()}
 
 
 class EMA:
@@ -193,32 +198,39 @@ class Trainer:
         self.recipe = recipe or adam_recipe(cfg.train, lr, iterations)
         self.ctx, self.objective, self.step = ctx, objective, 0
         self.model = model.to(ctx.device)
-        objective.modules.to(ctx.device)
+        objective.to(ctx.device)
         if ctx.world > 1 and ctx.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            objective.modules = nn.SyncBatchNorm.convert_sync_batchnorm(objective.modules)
-        broadcast_module(objective.modules)  # like DDP for the model: every rank starts from rank 0's head and queue
+            objective.terms = nn.SyncBatchNorm.convert_sync_batchnorm(objective.terms)
+        broadcast_module(objective.terms)  # like DDP for the model: every rank starts from rank 0's head and queue
         # DDP broadcasts rank 0's weights, so the EMA copy below starts equal on every rank.
         self.train_model = DistributedDataParallel(self.model) if ctx.world > 1 else self.model
         self.ema = EMA(self.model, self.recipe.ema_decay) if self.recipe.ema_decay is not None else None
-        self.trainable = [p for p in objective.modules.parameters() if p.requires_grad]
+        self.trainable = [p for p in objective.terms.parameters() if p.requires_grad]
         # The public RDD code trains its projection head with its own Adam at a constant lr, outside the clip.
-        separate = {id(p) for p in getattr(objective, "separately_optimized", [])}
+        separate = {id(p) for p in objective.separately_optimized()}
         self.params = list(self.model.parameters()) + [p for p in self.trainable if id(p) not in separate]
         self.optimizer = self.recipe.optimizer(self.params)
         own = [p for p in self.trainable if id(p) in separate]
         self.objective_optimizer = torch.optim.Adam(own, lr=self.recipe.lr) if own else None
         self.scheduler = self.recipe.scheduler(self.optimizer)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.recipe.bf16 and ctx.device.type == "cuda")
+        self.phase = no_phase
 
     @property
     def result(self) -> nn.Module:
         """What the run produces: the EMA model, or the trained one where the recipe keeps no EMA."""
         return self.ema.model if self.ema is not None else self.model
 
+    def set_phase_hook(self, hook) -> None:
+        """`hook(name)`, a context manager, wraps each phase of `train_step` and of the objective:
+        how benchmarks/distill_step.py times the real step."""
+        self.phase = hook
+        self.objective.set_phase_hook(hook)
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
-                "objective": self.objective.modules.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "objective": self.objective.terms.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step,
                 "objective_optimizer": self.objective_optimizer.state_dict() if self.objective_optimizer else None}
 
@@ -226,7 +238,7 @@ class Trainer:
         load_module_state(self.model, state["model"], path, "model")
         if self.ema is not None:
             load_module_state(self.ema.model, state["ema"], path, "EMA")
-        load_module_state(self.objective.modules, state["objective"], path, "objective")
+        load_module_state(self.objective.terms, state["objective"], path, "objective")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.objective_optimizer is not None:
             self.objective_optimizer.load_state_dict(state["objective_optimizer"])
@@ -243,9 +255,11 @@ class Trainer:
 
     def backward(self, loss: torch.Tensor) -> torch.Tensor:
         """Gradients of `loss`, averaged over processes and clipped; returns their norm before the clip."""
-        self.zero_grad()
-        loss.backward()
-        return self.clip_gradients()
+        with self.phase("backward"):
+            self.zero_grad()
+            loss.backward()
+        with self.phase("grad norm + clip"):
+            return self.clip_gradients()
 
     def clip_gradients(self) -> torch.Tensor:
         if self.ctx.world > 1 and self.trainable:
@@ -263,7 +277,7 @@ class Trainer:
             self.objective_optimizer.step()
         self.scheduler.step()
         average_batchnorm_stats(self.model)
-        average_batchnorm_stats(self.objective.modules)
+        average_batchnorm_stats(self.objective.terms)
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
@@ -279,7 +293,8 @@ class Trainer:
         if not finite.item():
             terms = {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: float(v) for k, v in logs.items()}}
             raise NonFiniteStep(", ".join(f"{k} {v:.4g}" for k, v in terms.items()))
-        self.update()
+        with self.phase("Adam + scheduler + EMA"):
+            self.update()
         return loss, logs, grad_norm
 
 
@@ -348,8 +363,7 @@ class RunWriter:
     def diverged(self, at_step: int, what: str) -> RddError:
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.state_path}" if self.saved_step
                 else "no checkpoint was written")
-        temperatures = getattr(self.trainer.objective, "temperatures", {})
-        cause = _likely_cause(self.trainer.recipe, temperatures, self.plan.meta)
+        cause = _likely_cause(self.trainer.recipe, self.trainer.objective.temperatures(), self.plan.meta)
         return RddError(f"training stopped at step {at_step}: {what}; it diverged, likely cause: {cause}, "
                         f"then start over with --overwrite; {kept}")
 
@@ -515,9 +529,8 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
 def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContext, resume: bool = False,
                      overwrite: bool = False, desc: str = "train teacher") -> nn.Module:
     """A teacher from scratch: the config's U-Net on the truncated-SNR loss (Salimans & Ho 2022, as paper §5.1)."""
-    from rdd.losses.truncated_snr import TruncatedSNRLoss
     from rdd.networks import build_model
 
     torch.manual_seed(cfg.train.seed)
-    return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRLoss(), out_dir, ctx, iterations=cfg.train.iterations,
+    return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRObjective(), out_dir, ctx, iterations=cfg.train.iterations,
                lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, overwrite=overwrite, desc=desc)

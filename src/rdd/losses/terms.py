@@ -1,4 +1,5 @@
-"""The one table of loss terms: name -> LossTerm class. A method (rdd.registry.METHODS) lists term names."""
+"""The one table of loss terms, rdd.registry.TERMS: name -> LossTerm class, filled here with the
+built-in terms. A method (rdd.registry.METHODS) lists term names."""
 from __future__ import annotations
 
 from rdd.errors import RddError
@@ -9,15 +10,16 @@ from rdd.losses.m_p2p import M_P2P
 from rdd.losses.pd import PD
 from rdd.losses.pd_lpips import PD_LPIPS
 from rdd.losses.term import LossTerm
+from rdd.registry import TERMS, check_term
 
-TERMS: dict[str, type[LossTerm]] = {
+TERMS.update({
     "pd": PD,  # eq. 2
     "lpips": PD_LPIPS,  # eq. 2 with LPIPS (§5)
     "cfd": CFD,  # eq. 4
     "ii_p2p": II_P2P,  # eq. 6
     "is_p2p": IS_P2P,  # eq. 7
     "m_p2p": M_P2P,  # eq. 8-9
-}
+})
 
 
 def register_term(name: str, term: type[LossTerm]) -> type[LossTerm]:
@@ -29,6 +31,5 @@ def register_term(name: str, term: type[LossTerm]) -> type[LossTerm]:
 
 
 def term_class(name: str) -> type[LossTerm]:
-    if name not in TERMS:
-        raise RddError(f"unknown loss term '{name}'; registered terms: {', '.join(TERMS)}")
+    check_term(name)
     return TERMS[name]
