@@ -60,8 +60,11 @@ class Results:
             start = time.time()
             r = evaluate_checkpoint(ckpt, steps, num_samples=args.num, seed=0, evalnet=str(EVALNET), progress=False,
                                     reference_split=args.reference, holdout=10000, device=default_device())
-            self.data[key] = {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt), "seconds": round(time.time() - start, 1)}
-            tmp = self.path.with_suffix(".tmp")
+            # Merged into what the file holds now: one process per seed may share the file.
+            on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            self.data = {**on_disk, **self.data, key: {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt),
+                                                       "seconds": round(time.time() - start, 1)}}
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.data, indent=2) + "\n")
             os.replace(tmp, self.path)
             print(f"{self.path.parent.name} {key}: FD {r['fd']:.2f}", flush=True)

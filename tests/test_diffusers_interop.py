@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 
 from helpers import ROOT, run_rdd
 from rdd.config import DataConfig, load_config
@@ -96,7 +96,8 @@ def test_the_snr_weight_makes_the_x_error_the_eps_error():
 @pytest.mark.parametrize("teacher_type,zero_snr,distilled,reading,weight", [
     ("epsilon", False, False, "epsilon", "snr"),  # a base eps teacher's first stage starts exactly at its teacher
     ("epsilon", False, True, "v_prediction", "truncated_snr"),  # later stages read v
-    ("epsilon", True, False, "v_prediction", "truncated_snr"),  # alpha_1 = 0: eps gives no x-hat at t = 1
+    ("epsilon", True, False, "epsilon_v", "epsilon_v"),  # alpha_1 = 0: eps gives no x-hat at t = 1, v there
+    ("epsilon_v", True, True, "epsilon_v", "epsilon_v"),  # its students keep the reading: each starts as its teacher
     ("v_prediction", True, False, "v_prediction", "truncated_snr"),
     ("sample", False, True, "sample", "truncated_snr"),
 ])
@@ -110,6 +111,38 @@ def test_the_recipe_picks_the_students_reading_and_weight(teacher_type, zero_snr
     assert student_copy(teacher, chosen["prediction_type"]).prediction_type == reading
     forced = student_reading(teacher, distilled, "epsilon", "truncated_snr")
     assert (forced["prediction_type"], forced["loss_weight"], forced["reason"]) == ("epsilon", "truncated_snr", "set by distill.student_reading")
+
+
+def test_the_improved_ddpm_cosine_eps_teacher_is_read_epsilon_v_and_its_copy_is_the_teacher_below_t1():
+    """squaredcos_cap_v2 ends at alpha_1 = 4.9e-5: its student reads eps wherever alpha >= 1e-3 (there the copy
+    is its teacher exactly) and v at t = 1, where eps would multiply eps-hat's error by 1/alpha_1 = 20,000."""
+    from rdd.networks import XPredictionUNet, student_reading
+
+    schedule = DiscreteSchedule(dict(beta_schedule="squaredcos_cap_v2"))
+    teacher = XPredictionUNet(tiny_unet(), 0, schedule, "epsilon")
+    chosen = student_reading(teacher, False)
+    assert (chosen["prediction_type"], chosen["loss_weight"]) == ("epsilon_v", "epsilon_v")
+    assert 4e-5 < chosen["alpha_at_t1"] < 6e-5 and "t = 1" in chosen["reason"]
+    student = student_copy(teacher, "epsilon_v")
+    z = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(1, 9) / 8
+    with torch.no_grad():
+        ours, theirs, as_v = student(z, t), teacher(z, t), student_copy(teacher, "v_prediction")(z, t)
+    assert torch.equal(ours[:-1], theirs[:-1]) and torch.equal(ours[-1], as_v[-1])
+    weight = schedule.loss_weight(t, "epsilon_v")
+    torch.testing.assert_close(weight[:-1], schedule.loss_weight(t[:-1], "snr"))
+    assert weight[-1] == 1  # max(SNR, 1) where the reading is v
+
+
+def test_an_epsilon_v_student_at_zero_terminal_snr_has_a_finite_gradient_at_t1():
+    """alpha_1 = 0: the eps branch is not taken at t = 1, and its division must not turn the gradient into nan."""
+    from rdd.networks import XPredictionUNet
+
+    student = XPredictionUNet(tiny_unet(), 0, DiscreteSchedule(dict(beta_schedule="linear", rescale_betas_zero_snr=True)),
+                              "epsilon_v")
+    z, t = torch.randn(2, 1, 16, 16), torch.tensor([1.0, 0.5])
+    student(z, t).pow(2).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
 
 
 @pytest.mark.slow  # trains
@@ -191,12 +224,23 @@ def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
                                                                           "vqvae": ["diffusers", "VQModel"]})),
         "conditional": lambda d: (d / "unet/config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"})),
         "damaged": lambda d: (d / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not weights"),
-        "betas": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"beta_schedule": "cubic"})),
+        "betas": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
+                                                                                          "beta_schedule": "cubic"})),
+        "variance-exploding": lambda d: ScoreSdeVeScheduler().save_pretrained(d / "scheduler"),
+        "flow": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"})),
+        "prediction": lambda d: DDPMScheduler(prediction_type="flow_prediction").save_pretrained(d / "scheduler"),
+        "latent-folder": lambda d: ((d / "model_index.json").unlink(), (d / "vae").mkdir()),  # no model_index.json
+        "latent-bare": lambda d: (shutil.rmtree(d / "scheduler"), (d / "model_index.json").unlink(),
+                                  (d / "vae").mkdir()),  # vae/ and unet/ only: refused as latent, not as incomplete
         "variance": lambda d: (d / "unet/config.json").write_text(json.dumps({**UNet2DModel(**{**TINY_UNET, "out_channels": 2}).config,
                                                                            "_class_name": "UNet2DModel"})),
     }
     messages = {"latent": "latent", "conditional": "UNet2DConditionModel", "damaged": "cannot load the UNet",
-                "betas": "noise schedule", "variance": "output channels"}
+                "betas": r"\(DDIMScheduler\) has beta_schedule 'cubic'.*valid values: linear, scaled_linear, squaredcos_cap_v2",
+                "variance-exploding": r"\(ScoreSdeVeScheduler\) is a variance-exploding scheduler",
+                "flow": r"\(FlowMatchEulerDiscreteScheduler\) is a flow-matching scheduler",
+                "prediction": "prediction_type 'flow_prediction'", "latent-folder": "latent", "latent-bare": "latent",
+                "variance": "output channels"}
     for name, damage in cases.items():
         folder = tmp_path / name
         shutil.copytree(tmp_path / "ok", folder)
@@ -206,6 +250,8 @@ def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
     result = run_rdd("distill", "--teacher", str(tmp_path / "conditional"), "--set", "distill.teacher_steps=8",
                      "--out", str(tmp_path / "run"), check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "UNet2DConditionModel" in result.stderr
+    result = run_rdd("sample", "--ckpt", str(tmp_path / "variance-exploding"), "--out", str(tmp_path / "x.png"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ScoreSdeVeScheduler" in result.stderr
     result = run_rdd("export", "--ckpt", str(tmp_path / "ok"), "--out", str(tmp_path / "ok"), check=False)
     assert result.returncode == 2 and "not an empty folder" in result.stderr
 
