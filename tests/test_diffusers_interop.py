@@ -324,6 +324,80 @@ def test_export_a_class_conditional_diffusers_folder(tmp_path):
     check_export_matches_rdd(tmp_path / "conditional", tmp_path, num=6)
 
 
+STOCK_LOADER = """
+import sys
+sys.path.extend({site_packages!r})
+try:
+    import rdd
+    raise SystemExit("rdd is importable here")
+except ImportError:
+    pass
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({folder!r})  # model_index.json names DDIMPipeline: no remote code
+assert type(pipe).__name__ == "DDIMPipeline", type(pipe)
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size={num}, generator=torch.Generator().manual_seed({seed}), num_inference_steps={steps},
+              use_clipped_model_output=True, output_type="pt").images
+torch.save(images, {result!r})
+"""
+
+
+def check_stock_ddim_matches_rdd(ckpt, tmp_path, steps: int, num: int = 6, seed: int = 5) -> None:
+    """`rdd export --format ddim`, then diffusers' own DDIMPipeline (no rdd, no remote code) draws what rdd draws."""
+    out = tmp_path / "stock"
+    run_rdd("export", "--ckpt", str(ckpt), "--format", "ddim", "--out", str(out))
+    script = STOCK_LOADER.format(site_packages=SITE_PACKAGES, folder=str(out), num=num, seed=seed, steps=steps,
+                                 result=str(tmp_path / "stock.pt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, cfg, _ = load_diffusion_model(ckpt)
+    ours = (generate(model, cfg, steps, num, seed, batch_size=num, progress=False) + 1) / 2  # what `rdd sample` draws
+    assert (ours - torch.load(tmp_path / "stock.pt", weights_only=True)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_export_for_diffusers_own_ddim_pipeline(tmp_path, prediction_type):
+    DDPMPipeline(unet=tiny_unet(seed=3), scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+                 ).save_pretrained(tmp_path / "teacher")
+    check_stock_ddim_matches_rdd(tmp_path / "teacher", tmp_path, steps=8)
+
+
+def test_sample_a_chosen_class_saves_labels_and_upscales_the_grid(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    DDIMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "conditional")
+    args = ["sample", "--ckpt", str(tmp_path / "conditional"), "--steps", "2", "--num", "4", "--seed", "7"]
+    run_rdd(*args, "--class", "2", "--npz", str(tmp_path / "two.npz"), "--out", str(tmp_path / "two.png"))
+    run_rdd(*args, "--npz", str(tmp_path / "drawn.npz"), "--out", str(tmp_path / "drawn.png"), "--scale", "2")
+    two, drawn = np.load(tmp_path / "two.npz"), np.load(tmp_path / "drawn.npz")
+    assert two["labels"].tolist() == [2] * 4 and drawn["labels"].shape == (4,) and drawn["images"].shape == (4, 16, 16, 3)
+    model, cfg, _ = load_diffusion_model(tmp_path / "conditional")  # --class keeps the noise: class 2 alone differs
+    noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    ours = ddim_sample(model, noise, 2, torch.full((4,), 2)).clamp(-1, 1)
+    assert np.abs(((ours + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()[..., 0] - two["images"][..., 0]).max() <= 1
+    assert Image.open(tmp_path / "two.png").size == (2 * (64 + 4) + 4,) * 2  # 16-px tiles drawn 4x by default
+    assert Image.open(tmp_path / "drawn.png").size == (2 * (32 + 2) + 2,) * 2
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "unconditional")
+    result = run_rdd("sample", "--ckpt", str(tmp_path / "unconditional"), "--class", "1", "--out", str(tmp_path / "u.png"),
+                     check=False)
+    assert result.returncode == 2 and "unconditional" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "u.png").exists()
+
+
+def test_export_for_ddim_pipeline_refuses_what_it_cannot_sample_as_rdd(tmp_path):
+    DDIMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "conditional")
+    DDIMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(prediction_type="epsilon_v")).save_pretrained(tmp_path / "mixed")
+    for name, reason in (("conditional", "class-conditional"), ("mixed", "epsilon_v")):
+        result = run_rdd("export", "--ckpt", str(tmp_path / name), "--format", "ddim", "--out", str(tmp_path / f"{name}-out"),
+                         check=False)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+        assert "--format diffusers" in result.stderr and not (tmp_path / f"{name}-out").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Distil a diffusers teacher, export its students
 
@@ -386,3 +460,4 @@ def test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers(predictio
     for name, ckpt in (("pd", two), ("rdd", rdd_two)):
         (tmp_path / name / "load").mkdir()
         check_export_matches_rdd(ckpt, tmp_path / name / "load")
+    check_stock_ddim_matches_rdd(two, tmp_path / "pd", steps=2)  # a v-read 2-step student in diffusers' own DDIM

@@ -131,20 +131,29 @@ def _scheduler_betas(schedule) -> dict:
     return {"num_train_timesteps": EXPORT_TIMESTEPS, "trained_betas": betas.tolist()}
 
 
+def _check_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
+
+
+def _ddim_scheduler(model):
+    """The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
+    (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,
+                         timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0)
+
+
 def write_pipeline(model, meta: dict, out: str | Path) -> Path:
     """Write a loaded rdd model (and its meta) as a diffusers pipeline folder `out`."""
     import diffusers
-    from diffusers import DDIMScheduler
 
     from rdd import diffusers_pipeline
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
-    # The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
-    # (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T.
-    scheduler = DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,
-                              timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0)
+    _check_empty(out)
+    scheduler = _ddim_scheduler(model)
     model.unet.save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
     shutil.copyfile(diffusers_pipeline.__file__, out / PIPELINE_FILE)
@@ -153,3 +162,37 @@ def write_pipeline(model, meta: dict, out: str | Path) -> Path:
              "schedule": model.schedule.config["kind"], "sampling_steps": meta.get("sampling_steps")}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def stock_ddim_blocker(model, steps: int | None) -> str | None:
+    """Why diffusers' own DDIMPipeline cannot sample this model as rdd does, or None where it can."""
+    if not isinstance(model.schedule, DiscreteSchedule):
+        return ("its schedule is rdd's continuous cosine: diffusers' DDIM would call the UNet at timestep k, not at "
+                "1000 t = k + 1")
+    if model.prediction_type not in PREDICTION_TYPES:
+        return f"it reads its output as {model.prediction_type}, which DDIMScheduler cannot step"
+    if model.num_classes:
+        return "it is class-conditional and DDIMPipeline passes no class labels"
+    if steps and model.schedule.num_train_timesteps % steps:
+        return (f"its {steps} steps do not divide the {model.schedule.num_train_timesteps} timesteps, so the "
+                "trailing DDIM grid is not rdd's")
+    return None
+
+
+def write_ddim_pipeline(model, meta: dict, out: str | Path) -> tuple[Path, int | None]:
+    """Write a model as a stock DDIMPipeline folder (model_index.json, unet/, scheduler/), where diffusers'
+    own DDIM with use_clipped_model_output=True takes rdd's steps; returns (folder, the student's step
+    count, None for a teacher: any N that divides T)."""
+    import diffusers
+
+    out, steps = Path(out), meta.get("sampling_steps")
+    blocker = stock_ddim_blocker(model, steps)
+    if blocker:
+        raise RddError(f"cannot export as a stock DDIMPipeline: {blocker}; use --format diffusers (rdd's own pipeline)")
+    _check_empty(out)
+    model.unet.save_pretrained(out / "unet")
+    _ddim_scheduler(model).save_pretrained(out / "scheduler")
+    index = {"_class_name": "DDIMPipeline", "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out, steps

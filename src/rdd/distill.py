@@ -22,6 +22,7 @@ from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
 from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
+from rdd.metrics_log import read_metrics
 from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
@@ -106,12 +107,33 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     return Stage(cfg, student, objective, iterations, meta)
 
 
+def recipe_line(stage: Stage) -> str:
+    """What the stage was set to do, said before it starts: method, length, the student's reading and why."""
+    steps, reading = stage.meta["sampling_steps"], stage.meta["student_reading"]
+    return (f"stage {2 * steps}->{steps}: {stage.meta['method']}, {stage.iterations} iterations; the student reads "
+            f"{reading['prediction_type']} under loss weight {reading['loss_weight']} ({reading['reason']})")
+
+
+def summary_line(out_dir: Path, steps: int, iterations: int, seconds: float) -> str:
+    """What the stage did: its length, last logged loss, wall time (of this run of it) and where its files are."""
+    log = out_dir / "metrics.jsonl"
+    losses = [r["loss"] for r in read_metrics(log) if "loss" in r] if log.is_file() else []
+    loss = f"final loss {losses[-1]:.4g}, " if losses else ""
+    minutes, secs = divmod(round(seconds), 60)
+    return (f"stage {2 * steps}->{steps} finished: {iterations} iterations, {loss}{minutes}m{secs:02d}s; "
+            f"model {out_dir / MODEL_FILE}, samples {out_dir / 'samples.png'}")
+
+
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
-    steps = stage.meta["sampling_steps"]
+    steps, out_dir, start = stage.meta["sampling_steps"], Path(out_dir), time.time()
+    if ctx.is_main:
+        print(recipe_line(stage), flush=True)
     fit(stage.cfg, stage.student, stage.objective, out_dir, ctx, iterations=stage.iterations, lr=stage.cfg.train.lr,
         meta=stage.meta, resume=resume, overwrite=overwrite, grid_steps=steps,
         desc=f"{stage.cfg.distill.method} {2 * steps}->{steps}")
-    return Path(out_dir) / MODEL_FILE
+    if ctx.is_main:
+        print(summary_line(out_dir, steps, stage.iterations, time.time() - start), flush=True)
+    return out_dir / MODEL_FILE
 
 
 def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
@@ -139,7 +161,7 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
             planned, _, meta, iterations = plan_stage(stage_cfg, teacher, "cpu", index)
             check_same_run(folder, manifest(planned, meta, iterations), "finished stage")
             if ctx.is_main:
-                print(f"stage {steps}->{steps // 2}: done, skipping ({folder / MODEL_FILE})")
+                print(f"stage {steps}->{steps // 2}: done, skipped ({folder / MODEL_FILE})", flush=True)
         else:
             start = time.time()
             run_stage(stage_cfg, teacher, folder, ctx, stage_index=index, resume=not overwrite, overwrite=overwrite)
