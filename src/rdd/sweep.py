@@ -110,8 +110,8 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
     from rdd.rundir import check_inputs_outside
 
     check_inputs_outside(spec.out, {"teacher": spec.teacher, "evaluation network": spec.evalnet})
-    if not Path(spec.teacher).is_file():
-        raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt)")
+    if not Path(spec.teacher).exists():
+        raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt) or a diffusers folder")
     if not spec.evalnet or not Path(spec.evalnet).is_file():
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
