@@ -22,9 +22,8 @@ from pathlib import Path
 from rdd.config import load_config
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext, default_device
-from rdd.layout import stage_dir
+from rdd.layout import DIFFUSION_FILES, stage_dir
 from rdd.metrics import evaluate_checkpoint
-from rdd.rundir import MANIFEST
 from rdd.tables import markdown_table
 from rdd.model_io import load_diffusion_model
 
@@ -96,7 +95,7 @@ def reading_of(model: Path) -> str:
 
 def iterations_of(model: Path) -> str:
     """The stage's length, from the run.json beside its model."""
-    manifest = model.parent / MANIFEST
+    manifest = model.parent / DIFFUSION_FILES.manifest
     return str(json.loads(manifest.read_text())["iterations"]) if manifest.is_file() else "-"
 
 

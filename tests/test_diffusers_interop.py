@@ -96,7 +96,7 @@ def test_the_snr_weight_makes_the_x_error_the_eps_error():
 @pytest.mark.parametrize("teacher_type,zero_snr,distilled,reading,weight", [
     ("epsilon", False, False, "epsilon", "snr"),  # a base eps teacher's first stage starts exactly at its teacher
     ("epsilon", False, True, "v_prediction", "truncated_snr"),  # later stages read v
-    ("epsilon", True, False, "epsilon_v", "epsilon_v"),  # alpha_1 = 0: eps gives no x-hat at t = 1, v there
+    ("epsilon", True, False, "v_prediction", "truncated_snr"),  # alpha_1 = 0: eps gives no x-hat at t = 1
     ("epsilon_v", True, True, "epsilon_v", "epsilon_v"),  # its students keep the reading: each starts as its teacher
     ("v_prediction", True, False, "v_prediction", "truncated_snr"),
     ("sample", False, True, "sample", "truncated_snr"),
@@ -113,16 +113,17 @@ def test_the_recipe_picks_the_students_reading_and_weight(teacher_type, zero_snr
     assert (forced["prediction_type"], forced["loss_weight"], forced["reason"]) == ("epsilon", "truncated_snr", "set by distill.student_reading")
 
 
-def test_the_improved_ddpm_cosine_eps_teacher_is_read_epsilon_v_and_its_copy_is_the_teacher_below_t1():
-    """squaredcos_cap_v2 ends at alpha_1 = 4.9e-5: its student reads eps wherever alpha >= 1e-3 (there the copy
-    is its teacher exactly) and v at t = 1, where eps would multiply eps-hat's error by 1/alpha_1 = 20,000."""
+def test_the_improved_ddpm_cosine_eps_teacher_is_read_v_and_its_epsilon_v_copy_is_the_teacher_below_t1():
+    """squaredcos_cap_v2 ends at alpha_1 = 4.9e-5: read as eps, t = 1 would multiply eps-hat's error by 20,000, so
+    auto reads v; the epsilon_v reading (eps wherever alpha >= 1e-3, v at t = 1) is its teacher below t = 1."""
     from rdd.networks import XPredictionUNet, student_reading
 
     schedule = DiscreteSchedule(dict(beta_schedule="squaredcos_cap_v2"))
     teacher = XPredictionUNet(tiny_unet(), 0, schedule, "epsilon")
     chosen = student_reading(teacher, False)
-    assert (chosen["prediction_type"], chosen["loss_weight"]) == ("epsilon_v", "epsilon_v")
+    assert (chosen["prediction_type"], chosen["loss_weight"]) == ("v_prediction", "truncated_snr")
     assert 4e-5 < chosen["alpha_at_t1"] < 6e-5 and "t = 1" in chosen["reason"]
+    assert student_reading(teacher, False, "epsilon_v")["loss_weight"] == "epsilon_v"
     student = student_copy(teacher, "epsilon_v")
     z = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.arange(1, 9) / 8

@@ -83,8 +83,9 @@ def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: st
     max(SNR, 1) lets the t = 1 step, x-hat = (z - sigma eps-hat) / alpha_1, dominate the loss); every
     later stage of that chain reads v (that weight leaves t = 1 untrained, which a second eps stage pays
     for). An eps teacher with alpha_1 near 0 (the improved-DDPM cosine, zero terminal SNR) gives no usable
-    x-hat at t = 1 read as eps: its students read epsilon_v, eps except just before t = 1, so the copy is
-    its teacher everywhere else; v, x and epsilon_v teachers keep their reading."""
+    x-hat at t = 1 read as eps: its students read v (epsilon_v, eps except just before t = 1, starts
+    closer to the teacher but measured worse: benchmarks/diffusers_teachers.md); v, x and epsilon_v
+    teachers keep their reading."""
     alpha_1 = float(teacher.schedule.alpha_sigma(torch.tensor(1.0))[0])
     if asked != "auto":
         reading, reason = asked, "set by distill.student_reading"
@@ -93,8 +94,7 @@ def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: st
     elif teacher_distilled:
         reading, reason = "v_prediction", "a later stage of an eps chain: its eps-read teacher left t = 1 untrained"
     elif alpha_1 < EPS_READING_MIN_ALPHA:
-        reading, reason = EPSILON_V, (f"alpha_1 = {alpha_1:.2g}: eps gives no usable x-hat at t = 1, so v there and eps "
-                                      "elsewhere: the student starts as its teacher except at t = 1")
+        reading, reason = "v_prediction", f"alpha_1 = {alpha_1:.2g}: eps gives no usable x-hat at t = 1"
     else:
         reading, reason = "epsilon", f"base eps teacher, alpha_1 = {alpha_1:.2g}: the student starts as its teacher"
     if loss_weight == "auto":
