@@ -22,7 +22,7 @@ from rdd.config import load_config
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext, default_device
 from rdd.files import write_json_atomic
-from rdd.layout import stage_dir
+from rdd.layout import DIFFUSION_FILES, stage_dir
 from rdd.metrics import evaluate_checkpoint
 from rdd.tables import markdown_table
 from rdd.model_io import load_diffusion_model
@@ -60,7 +60,10 @@ class Results:
             start = time.time()
             r = evaluate_checkpoint(ckpt, steps, num_samples=args.num, seed=0, evalnet=str(EVALNET), progress=False,
                                     reference_split=args.reference, holdout=10000, device=default_device())
-            self.data[key] = {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt), "seconds": round(time.time() - start, 1)}
+            # Merged into what the file holds now: one process per seed may share the file.
+            on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            self.data = {**on_disk, **self.data, key: {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt),
+                                                       "seconds": round(time.time() - start, 1)}}
             write_json_atomic(self.path, self.data)
             print(f"{self.path.parent.name} {key}: FD {r['fd']:.2f}", flush=True)
         return self.data[key]["fd"]
@@ -88,6 +91,12 @@ def reading_of(model: Path) -> str:
     return f"{reading.get('prediction_type', '?')}, {reading.get('loss_weight', '?')}"
 
 
+def iterations_of(model: Path) -> str:
+    """The stage's length, from the run.json beside its model."""
+    manifest = model.parent / DIFFUSION_FILES.manifest
+    return str(json.loads(manifest.read_text())["iterations"]) if manifest.is_file() else "-"
+
+
 def report(args, kinds: dict[str, str], seeds: list[int]) -> None:
     rows, verdicts = [], []
     for kind, folder in kinds.items():
@@ -96,13 +105,13 @@ def report(args, kinds: dict[str, str], seeds: list[int]) -> None:
             own = data.get(f"teacher/{steps}", {}).get("fd")
             students = [data.get(f"seed{s}/{steps}", {}).get("fd") for s in seeds]
             model = stage_dir(Path(args.out) / kind / f"seed{seeds[0]}", 2 * steps) / "model.pt"
-            reading = reading_of(model) if model.is_file() else "-"
+            reading, iterations = (reading_of(model), iterations_of(model)) if model.is_file() else ("-", "-")
             cells = [f"{fd:.2f}" if fd is not None else "not run" for fd in students]
             beats = own is not None and all(fd is not None and fd < own for fd in students)
             verdicts.append(beats)
-            rows.append([kind, f"{2 * steps} -> {steps}", reading, f"{data.get(f'teacher/{2 * steps}', {}).get('fd', float('nan')):.2f}",
+            rows.append([kind, f"{2 * steps} -> {steps}", iterations, reading, f"{data.get(f'teacher/{2 * steps}', {}).get('fd', float('nan')):.2f}",
                          f"{own:.2f}" if own is not None else "-", *cells, "yes" if beats else "no"])
-    headers = ["teacher", "stage", "student reads, weight", "teacher's own DDIM at 2N steps", "teacher's own DDIM at N steps",
+    headers = ["teacher", "stage", "iterations", "student reads, weight", "teacher's own DDIM at 2N steps", "teacher's own DDIM at N steps",
                *[f"student, seed {s}" for s in seeds], "student below own DDIM at N"]
     selection = json.loads(Path(args.selection).read_text()) if args.selection else {}
     selection_table = markdown_table(["model (eps teacher, seed 0)", "FD, val split"],

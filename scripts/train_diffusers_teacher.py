@@ -1,6 +1,6 @@
 """Train a small Fashion-MNIST 16x16 DDPM the way a diffusers user would, and save it as a pipeline folder.
 
-A plain diffusers loop (UNet2DModel, DDPMScheduler with linear betas, AdamW, EMA of the weights, MSE
+A plain diffusers loop (UNet2DModel, DDPMScheduler with linear betas unless told otherwise, AdamW, EMA of the weights, MSE
 on the scheduler's target): nothing of rdd's training runs here. rdd's data loader only supplies the
 images, so that they are the ones rdd's evaluation network was trained on (bilinear 28 -> 16, [-1, 1]);
 the last 10,000 training images are held out (rdd's `val` split) and never seen.
@@ -8,6 +8,7 @@ the last 10,000 training images are held out (rdd's `val` split) and never seen.
     python scripts/train_diffusers_teacher.py --out runs/teachers/eps                          # epsilon, linear betas
     python scripts/train_diffusers_teacher.py --prediction-type v_prediction --out runs/teachers/v
     python scripts/train_diffusers_teacher.py --prediction-type v_prediction --zero-snr --out runs/teachers/zero-snr
+    python scripts/train_diffusers_teacher.py --beta-schedule squaredcos_cap_v2 --out runs/teachers/cosine  # improved-DDPM cosine
 
 It resumes from OUT/train_state.pt after an interruption and writes OUT/ as a DDPMPipeline folder
 (model_index.json, unet/, scheduler/) at the end; assets/fmnist/eps_teacher/ was made by the first line.
@@ -37,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the pipeline folder to write")
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"])
     p.add_argument("--zero-snr", action="store_true", help="rescale the betas to zero terminal SNR")
+    p.add_argument("--beta-schedule", default="linear", choices=["linear", "scaled_linear", "squaredcos_cap_v2"],
+                   help="diffusers' beta schedule (squaredcos_cap_v2: the improved-DDPM cosine, alpha_1 = 4.9e-5)")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -64,7 +67,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    scheduler = DDPMScheduler(beta_schedule="linear", prediction_type=args.prediction_type,
+    scheduler = DDPMScheduler(beta_schedule=args.beta_schedule, prediction_type=args.prediction_type,
                               rescale_betas_zero_snr=args.zero_snr, clip_sample=True)
     unet = UNet2DModel(**UNET)
     ema = copy.deepcopy(unet).requires_grad_(False)

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow  # end to end: trains and evaluates real models
 
 def test_shipped_models_match_their_checksums_and_stay_small():
     files = verify_assets(ASSETS)
-    teacher = {"eps_teacher/model_index", "eps_teacher/unet/config", "eps_teacher/unet/diffusion_pytorch_model",
-               "eps_teacher/scheduler/scheduler_config"}
+    teacher = {f"{name}/{part}" for name in ("eps_teacher", "cosine_eps_teacher") for part in
+               ("model_index", "unet/config", "unet/diffusion_pytorch_model", "scheduler/scheduler_config")}
     assert set(files) == {"two_step", "classifier", "evalnet", "base", "eight_step"} | teacher
     assert sum(p.stat().st_size for p in files.values()) < 25e6
     for name in ("base", "eight_step", "two_step"):  # each loads as a diffusion model with its step count
@@ -26,6 +26,8 @@ def test_the_shipped_diffusers_teacher_is_a_plain_epsilon_ddpm():
     model, cfg, meta = load_diffusion_model(ASSETS / "eps_teacher")
     assert (model.prediction_type, model.schedule.config["beta_schedule"], meta["sampling_steps"]) == ("epsilon", "linear", None)
     assert json.loads((ASSETS / "eps_teacher/model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    cosine, _, _ = load_diffusion_model(ASSETS / "cosine_eps_teacher")  # the improved-DDPM cosine: alpha_1 = 4.9e-5
+    assert (cosine.prediction_type, cosine.schedule.config["beta_schedule"]) == ("epsilon", "squaredcos_cap_v2")
 
 
 def test_eval_of_the_shipped_two_step_model_reproduces_the_recorded_fd(tmp_path):

@@ -1,7 +1,7 @@
 """The shipped paper configs carry every number of the paper's §5.1 and appendix A, and the public code's settings."""
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, run_rdd
 from rdd.benchmark import load_benchmark_config
 from rdd.config import ConfigError, load_config
 from rdd.fidelity import resolve_fidelity
@@ -110,3 +110,19 @@ def test_one_set_flag_takes_several_overrides():
     assert args.overrides == ["train.lr=1e-3", "train.iterations=7", "model.name=tiny"]
     c = load_config(None, args.overrides)
     assert (c.train.lr, c.train.iterations, c.model.name) == (1e-3, 7, "tiny")
+
+
+def test_every_option_has_help_and_help_shows_defaults():
+    import argparse
+
+    from rdd import __version__
+    from rdd.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sub in commands.items() for a in sub._actions
+               if not a.help]
+    assert not missing, missing
+    text = " ".join(commands["sample"].format_help().split())
+    assert "number of images (default: 64)" in text and "(default: ddim)" in text and "(default: None)" not in text
+    assert f"rdd {__version__}" in run_rdd("--version").stdout

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 
 from helpers import ROOT, run_rdd
 from rdd.config import DataConfig, load_config
@@ -97,6 +97,7 @@ def test_the_snr_weight_makes_the_x_error_the_eps_error():
     ("epsilon", False, False, "epsilon", "snr"),  # a base eps teacher's first stage starts exactly at its teacher
     ("epsilon", False, True, "v_prediction", "truncated_snr"),  # later stages read v
     ("epsilon", True, False, "v_prediction", "truncated_snr"),  # alpha_1 = 0: eps gives no x-hat at t = 1
+    ("epsilon_v", True, True, "epsilon_v", "epsilon_v"),  # its students keep the reading: each starts as its teacher
     ("v_prediction", True, False, "v_prediction", "truncated_snr"),
     ("sample", False, True, "sample", "truncated_snr"),
 ])
@@ -110,6 +111,39 @@ def test_the_recipe_picks_the_students_reading_and_weight(teacher_type, zero_snr
     assert student_copy(teacher, chosen["prediction_type"]).prediction_type == reading
     forced = student_reading(teacher, distilled, "epsilon", "truncated_snr")
     assert (forced["prediction_type"], forced["loss_weight"], forced["reason"]) == ("epsilon", "truncated_snr", "set by distill.student_reading")
+
+
+def test_the_improved_ddpm_cosine_eps_teacher_is_read_v_and_its_epsilon_v_copy_is_the_teacher_below_t1():
+    """squaredcos_cap_v2 ends at alpha_1 = 4.9e-5: read as eps, t = 1 would multiply eps-hat's error by 20,000, so
+    auto reads v; the epsilon_v reading (eps wherever alpha >= 1e-3, v at t = 1) is its teacher below t = 1."""
+    from rdd.networks import XPredictionUNet, student_reading
+
+    schedule = DiscreteSchedule(dict(beta_schedule="squaredcos_cap_v2"))
+    teacher = XPredictionUNet(tiny_unet(), 0, schedule, "epsilon")
+    chosen = student_reading(teacher, False)
+    assert (chosen["prediction_type"], chosen["loss_weight"]) == ("v_prediction", "truncated_snr")
+    assert 4e-5 < chosen["alpha_at_t1"] < 6e-5 and "t = 1" in chosen["reason"]
+    assert student_reading(teacher, False, "epsilon_v")["loss_weight"] == "epsilon_v"
+    student = student_copy(teacher, "epsilon_v")
+    z = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(1, 9) / 8
+    with torch.no_grad():
+        ours, theirs, as_v = student(z, t), teacher(z, t), student_copy(teacher, "v_prediction")(z, t)
+    assert torch.equal(ours[:-1], theirs[:-1]) and torch.equal(ours[-1], as_v[-1])
+    weight = schedule.loss_weight(t, "epsilon_v")
+    torch.testing.assert_close(weight[:-1], schedule.loss_weight(t[:-1], "snr"))
+    assert weight[-1] == 1  # max(SNR, 1) where the reading is v
+
+
+def test_an_epsilon_v_student_at_zero_terminal_snr_has_a_finite_gradient_at_t1():
+    """alpha_1 = 0: the eps branch is not taken at t = 1, and its division must not turn the gradient into nan."""
+    from rdd.networks import XPredictionUNet
+
+    student = XPredictionUNet(tiny_unet(), 0, DiscreteSchedule(dict(beta_schedule="linear", rescale_betas_zero_snr=True)),
+                              "epsilon_v")
+    z, t = torch.randn(2, 1, 16, 16), torch.tensor([1.0, 0.5])
+    student(z, t).pow(2).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
 
 
 @pytest.mark.slow  # trains
@@ -191,12 +225,23 @@ def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
                                                                           "vqvae": ["diffusers", "VQModel"]})),
         "conditional": lambda d: (d / "unet/config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"})),
         "damaged": lambda d: (d / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not weights"),
-        "betas": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"beta_schedule": "cubic"})),
+        "betas": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
+                                                                                          "beta_schedule": "cubic"})),
+        "variance-exploding": lambda d: ScoreSdeVeScheduler().save_pretrained(d / "scheduler"),
+        "flow": lambda d: (d / "scheduler/scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"})),
+        "prediction": lambda d: DDPMScheduler(prediction_type="flow_prediction").save_pretrained(d / "scheduler"),
+        "latent-folder": lambda d: ((d / "model_index.json").unlink(), (d / "vae").mkdir()),  # no model_index.json
+        "latent-bare": lambda d: (shutil.rmtree(d / "scheduler"), (d / "model_index.json").unlink(),
+                                  (d / "vae").mkdir()),  # vae/ and unet/ only: refused as latent, not as incomplete
         "variance": lambda d: (d / "unet/config.json").write_text(json.dumps({**UNet2DModel(**{**TINY_UNET, "out_channels": 2}).config,
                                                                            "_class_name": "UNet2DModel"})),
     }
     messages = {"latent": "latent", "conditional": "UNet2DConditionModel", "damaged": "cannot load the UNet",
-                "betas": "noise schedule", "variance": "output channels"}
+                "betas": r"\(DDIMScheduler\) has beta_schedule 'cubic'.*valid values: linear, scaled_linear, squaredcos_cap_v2",
+                "variance-exploding": r"\(ScoreSdeVeScheduler\) is a variance-exploding scheduler",
+                "flow": r"\(FlowMatchEulerDiscreteScheduler\) is a flow-matching scheduler",
+                "prediction": "prediction_type 'flow_prediction'", "latent-folder": "latent", "latent-bare": "latent",
+                "variance": "output channels"}
     for name, damage in cases.items():
         folder = tmp_path / name
         shutil.copytree(tmp_path / "ok", folder)
@@ -206,6 +251,8 @@ def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
     result = run_rdd("distill", "--teacher", str(tmp_path / "conditional"), "--set", "distill.teacher_steps=8",
                      "--out", str(tmp_path / "run"), check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "UNet2DConditionModel" in result.stderr
+    result = run_rdd("sample", "--ckpt", str(tmp_path / "variance-exploding"), "--out", str(tmp_path / "x.png"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ScoreSdeVeScheduler" in result.stderr
     result = run_rdd("export", "--ckpt", str(tmp_path / "ok"), "--out", str(tmp_path / "ok"), check=False)
     assert result.returncode == 2 and "not an empty folder" in result.stderr
 
@@ -278,6 +325,80 @@ def test_export_a_class_conditional_diffusers_folder(tmp_path):
     check_export_matches_rdd(tmp_path / "conditional", tmp_path, num=6)
 
 
+STOCK_LOADER = """
+import sys
+sys.path.extend({site_packages!r})
+try:
+    import rdd
+    raise SystemExit("rdd is importable here")
+except ImportError:
+    pass
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({folder!r})  # model_index.json names DDIMPipeline: no remote code
+assert type(pipe).__name__ == "DDIMPipeline", type(pipe)
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size={num}, generator=torch.Generator().manual_seed({seed}), num_inference_steps={steps},
+              use_clipped_model_output=True, output_type="pt").images
+torch.save(images, {result!r})
+"""
+
+
+def check_stock_ddim_matches_rdd(ckpt, tmp_path, steps: int, num: int = 6, seed: int = 5) -> None:
+    """`rdd export --format ddim`, then diffusers' own DDIMPipeline (no rdd, no remote code) draws what rdd draws."""
+    out = tmp_path / "stock"
+    run_rdd("export", "--ckpt", str(ckpt), "--format", "ddim", "--out", str(out))
+    script = STOCK_LOADER.format(site_packages=SITE_PACKAGES, folder=str(out), num=num, seed=seed, steps=steps,
+                                 result=str(tmp_path / "stock.pt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, cfg, _ = load_diffusion_model(ckpt)
+    ours = (generate(model, cfg, steps, num, seed, batch_size=num, progress=False) + 1) / 2  # what `rdd sample` draws
+    assert (ours - torch.load(tmp_path / "stock.pt", weights_only=True)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_export_for_diffusers_own_ddim_pipeline(tmp_path, prediction_type):
+    DDPMPipeline(unet=tiny_unet(seed=3), scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+                 ).save_pretrained(tmp_path / "teacher")
+    check_stock_ddim_matches_rdd(tmp_path / "teacher", tmp_path, steps=8)
+
+
+def test_sample_a_chosen_class_saves_labels_and_upscales_the_grid(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    DDIMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "conditional")
+    args = ["sample", "--ckpt", str(tmp_path / "conditional"), "--steps", "2", "--num", "4", "--seed", "7"]
+    run_rdd(*args, "--class", "2", "--npz", str(tmp_path / "two.npz"), "--out", str(tmp_path / "two.png"))
+    run_rdd(*args, "--npz", str(tmp_path / "drawn.npz"), "--out", str(tmp_path / "drawn.png"), "--scale", "2")
+    two, drawn = np.load(tmp_path / "two.npz"), np.load(tmp_path / "drawn.npz")
+    assert two["labels"].tolist() == [2] * 4 and drawn["labels"].shape == (4,) and drawn["images"].shape == (4, 16, 16, 3)
+    model, cfg, _ = load_diffusion_model(tmp_path / "conditional")  # --class keeps the noise: class 2 alone differs
+    noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    ours = ddim_sample(model, noise, 2, torch.full((4,), 2)).clamp(-1, 1)
+    assert np.abs(((ours + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()[..., 0] - two["images"][..., 0]).max() <= 1
+    assert Image.open(tmp_path / "two.png").size == (2 * (64 + 4) + 4,) * 2  # 16-px tiles drawn 4x by default
+    assert Image.open(tmp_path / "drawn.png").size == (2 * (32 + 2) + 2,) * 2
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "unconditional")
+    result = run_rdd("sample", "--ckpt", str(tmp_path / "unconditional"), "--class", "1", "--out", str(tmp_path / "u.png"),
+                     check=False)
+    assert result.returncode == 2 and "unconditional" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "u.png").exists()
+
+
+def test_export_for_ddim_pipeline_refuses_what_it_cannot_sample_as_rdd(tmp_path):
+    DDIMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "conditional")
+    DDIMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(prediction_type="epsilon_v")).save_pretrained(tmp_path / "mixed")
+    for name, reason in (("conditional", "class-conditional"), ("mixed", "epsilon_v")):
+        result = run_rdd("export", "--ckpt", str(tmp_path / name), "--format", "ddim", "--out", str(tmp_path / f"{name}-out"),
+                         check=False)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+        assert "--format diffusers" in result.stderr and not (tmp_path / f"{name}-out").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Distil a diffusers teacher, export its students
 
@@ -340,3 +461,4 @@ def test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers(predictio
     for name, ckpt in (("pd", two), ("rdd", rdd_two)):
         (tmp_path / name / "load").mkdir()
         check_export_matches_rdd(ckpt, tmp_path / name / "load")
+    check_stock_ddim_matches_rdd(two, tmp_path / "pd", steps=2)  # a v-read 2-step student in diffusers' own DDIM

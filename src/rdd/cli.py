@@ -46,9 +46,7 @@ def cmd_distill(args) -> None:
 
     cfg = _distill_config(args)
     ctx = init_distributed()
-    path = run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume, overwrite=args.overwrite)
-    if ctx.is_main:
-        print(f"wrote {path}")
+    run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_progressive(args) -> None:
@@ -61,7 +59,7 @@ def cmd_progressive(args) -> None:
     ctx = init_distributed()
     models = run_progressive(cfg, args.teacher, args.out, ctx, overwrite=args.overwrite)
     if ctx.is_main:
-        print("\n".join(f"wrote {m}" for m in models))
+        print(f"chain done: {len(models)} stages; the last student is {models[-1]}")
 
 
 def cmd_train_classifier(args) -> None:
@@ -77,9 +75,14 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from rdd.model_io import export_diffusers
+    from rdd.model_io import export_diffusers, export_stock_ddim
 
-    print(f"wrote {export_diffusers(args.ckpt, args.out)}")
+    if args.format == "ddim":
+        out, steps = export_stock_ddim(args.ckpt, args.out)
+        print(f"wrote {out}: DDIMPipeline.from_pretrained({str(out)!r}) samples it as rdd does with "
+              f"num_inference_steps={steps or 'N (N dividing the timesteps)'}, use_clipped_model_output=True")
+    else:
+        print(f"wrote {export_diffusers(args.ckpt, args.out)}")
 
 
 def cmd_sample(args) -> None:
@@ -89,7 +92,7 @@ def cmd_sample(args) -> None:
     from rdd.metrics_log import save_grid
     from rdd.model_io import load_diffusion_model
     from rdd.rundir import check_output_path
-    from rdd.sampling import GRID_SUFFIXES, generate, resolve_steps, to_uint8_nhwc
+    from rdd.sampling import GRID_SUFFIXES, generate_labelled, resolve_steps, to_uint8_nhwc
 
     if not args.out and not args.npz:
         raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
@@ -105,14 +108,17 @@ def cmd_sample(args) -> None:
     device = default_device()
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)
-    images = generate(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device)
+    images, labels = generate_labelled(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device,
+                                       class_label=args.class_label)
     if args.out:
-        save_grid(images[:256], args.out, nrow=int(np.ceil(np.sqrt(min(len(images), 256)))))
-        print(f"wrote {args.out}")
+        scale = args.scale or max(1, GRID_TILE // cfg.data.resolution)
+        save_grid(images[:256], args.out, nrow=int(np.ceil(np.sqrt(min(len(images), 256)))), scale=scale)
+        print(f"wrote {args.out} ({scale}x)")
     if args.npz:
         Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.npz, images=to_uint8_nhwc(images))
-        print(f"wrote {args.npz} ({len(images)} images)")
+        arrays = {"images": to_uint8_nhwc(images), **({"labels": labels.numpy()} if labels is not None else {})}
+        np.savez_compressed(args.npz, **arrays)
+        print(f"wrote {args.npz} ({len(images)} images{', with their class labels' if labels is not None else ''})")
 
 
 def cmd_eval(args) -> None:
@@ -196,6 +202,9 @@ def cmd_demo(args) -> None:
     print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets or ASSETS)}")
 
 
+GRID_TILE = 64  # `rdd sample` upscales smaller images to tiles of at least this many pixels
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set train.iterations=100 train.lr=1e-3 (repeatable)")
@@ -225,12 +234,28 @@ SEED = bounded_int(0, 2**31 - 1)
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
     p.add_argument("--steps", type=bounded_int(1, 10_000), help="sampler steps (default: the student's own, 64 for a teacher)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
+                   help="ddim: rdd's deterministic DDIM; dpm-solver and pndm: diffusers' samplers (docs/diffusers.md)")
     p.add_argument("--seed", type=SEED, default=0, help="noise seed: the same seed gives every model the same noise")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one that its text does not already name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == [] or action.default == argparse.SUPPRESS
+        if unset or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse's refusals as one line that points at --help, like every other rdd error."""
+    """argparse's refusals as one line that points at --help, like every other rdd error; --help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -284,7 +309,7 @@ def _add_sweep_command(sub) -> None:
     p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
     p.add_argument("--to", type=int, help="distil a chain down to this many steps (default: one stage)")
     p.add_argument("--eval-at", help="also evaluate snapshots at these iterations, e.g. 150,500,1000")
-    p.add_argument("--eval-samples", type=int, default=5000)
+    p.add_argument("--eval-samples", type=int, default=5000, help="samples per FD evaluation")
     p.add_argument("--eval-seed", type=SEED, default=0, help="noise seed of the evaluation samples")
     p.add_argument("--evalnet", default="assets/fmnist/evalnet.pt", help="evaluation network (rdd train-evalnet)")
     p.add_argument("--reference", default="val", choices=["val", "test"],
@@ -301,9 +326,13 @@ def _add_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
     _add_sampling_args(p)
     p.add_argument("--num", type=int, default=64, help="number of images")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
     p.add_argument("--out", help="PNG grid to write")
-    p.add_argument("--npz", help=".npz of uint8 NHWC images to write")
+    p.add_argument("--scale", type=bounded_int(1, 64),
+                   help=f"draw each pixel of the grid as NxN pixels (default: tiles of at least {GRID_TILE} px)")
+    p.add_argument("--class", dest="class_label", type=bounded_int(0, 1_000_000),
+                   help="class label of every image (class-conditional models; default: labels drawn at random)")
+    p.add_argument("--npz", help=".npz of uint8 NHWC images (and a conditional model's labels) to write")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
@@ -312,7 +341,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--num", "--num-samples", dest="num", type=int,
                    help="number of samples (default: eval.num_samples, 10000); --num-samples under torchrun")
     p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
-    p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS")
+    p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS (default: the shipped "
+                                     "assets/fmnist/evalnet.pt for 16x16 Fashion-MNIST models)")
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")
     p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: in $RDD_CACHE or ~/.cache/rdd)")
     p.add_argument("--json", help="write the results to this JSON file")
@@ -320,8 +350,9 @@ def _add_model_commands(sub) -> None:
 
     p = sub.add_parser("export", help="write a model as a folder that diffusers loads (docs/diffusers.md)")
     p.add_argument("--ckpt", required=True, help="model.pt of a teacher or student, or a diffusers folder")
-    p.add_argument("--format", default="diffusers", choices=["diffusers"],
-                   help="diffusers: a pipeline folder for DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)")
+    p.add_argument("--format", default="diffusers", choices=["diffusers", "ddim"],
+                   help="diffusers: rdd's pipeline, for DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True); "
+                        "ddim: diffusers' own DDIMPipeline, for unconditional models on a discrete schedule (docs/diffusers.md)")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     p.set_defaults(func=cmd_export)
 
@@ -331,7 +362,7 @@ def _add_page_commands(sub) -> None:
     p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="noise seed of the samples (the same for every model)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
@@ -353,7 +384,10 @@ def _add_page_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rdd import __version__
+
     parser = OneLineParser(prog="rdd", description="Distil diffusion models into few-step generators (PD, RCFD, RDD).")
+    parser.add_argument("--version", action="version", version=f"rdd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for add_commands in (_add_training_commands, _add_sweep_command, _add_model_commands, _add_page_commands):
         add_commands(sub)

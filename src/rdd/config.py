@@ -149,18 +149,18 @@ class DistillConfig:
     is_p2p_scope: str = "local"
     # How a diffusers student reads its output, per stage (the last repeats): auto is the measured recipe
     # (rdd.networks.student_reading, docs/diffusers.md); loss_weight auto follows the reading.
-    student_reading: list[str] = field(default_factory=lambda: ["auto"])  # auto | epsilon | v_prediction | sample
-    loss_weight: str = "auto"  # auto | truncated_snr | snr
+    student_reading: list[str] = field(default_factory=lambda: ["auto"])  # auto | epsilon | v_prediction | sample | epsilon_v
+    loss_weight: str = "auto"  # auto | truncated_snr | snr | epsilon_v
 
     def __post_init__(self):
         from rdd.fidelity import FIDELITY_CHOICES, SWITCH_CHOICES
 
         _check_choice("distill.fidelity", self.fidelity, FIDELITY_CHOICES)
         _check_choice("distill.is_p2p_scope", self.is_p2p_scope, ("local", "global"))
-        _check_choice("distill.loss_weight", self.loss_weight, ("auto", "truncated_snr", "snr"))
+        _check_choice("distill.loss_weight", self.loss_weight, ("auto", "truncated_snr", "snr", "epsilon_v"))
         _check("distill.student_reading", self.student_reading, len(self.student_reading) > 0, "a list of one value per stage")
         for i, reading in enumerate(self.student_reading):
-            _check_choice(f"distill.student_reading[{i}]", reading, ("auto", "epsilon", "v_prediction", "sample"))
+            _check_choice(f"distill.student_reading[{i}]", reading, ("auto", "epsilon", "v_prediction", "sample", "epsilon_v"))
         for key, choices in SWITCH_CHOICES.items():
             if choices is not None and getattr(self, key) is not None:
                 _check_choice(f"distill.{key}", getattr(self, key), choices)

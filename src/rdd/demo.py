@@ -16,10 +16,10 @@ from rdd.config import load_config
 from rdd.distributed import init_distributed
 from rdd.errors import RddError
 from rdd.files import write_json_atomic
+from rdd.layout import ASSETS
 from rdd.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
-ASSETS = ROOT / "assets" / "fmnist"
 DEMO_CONFIG = ROOT / "configs" / "fmnist" / "demo.yaml"
 
 

@@ -14,13 +14,28 @@ from pathlib import Path
 
 from rdd.baselines import alphas_cumprod, betas_of
 from rdd.config import DataConfig, ExperimentConfig, ModelConfig
-from rdd.diffusion import COSINE, CosineSchedule, DiscreteSchedule
+from rdd.diffusion import COSINE, PREDICTION_TYPES, READINGS, CosineSchedule, DiscreteSchedule
 from rdd.errors import RddError
 
 PIPELINE_FILE = "pipeline.py"
 PIPELINE_CLASS = "RddDDIMPipeline"
 EXPORT_TIMESTEPS = 1000  # the table a cosine model's scheduler carries, for diffusers' own samplers
 NOT_PIXEL_SPACE = ("vae", "vqvae", "text_encoder")  # components of latent or text-conditioned pipelines
+# Schedulers whose UNet is variance-preserving on a beta table (alpha-bar): rdd reads that table. The
+# others (ScoreSdeVeScheduler and the EDM ones: variance exploding; ScoreSdeVpScheduler: continuous betas;
+# flow matching; consistency models) define z_t or the UNet's time input otherwise.
+BETA_TABLE_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler", "PNDMScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "DEISMultistepScheduler",
+    "UniPCMultistepScheduler", "SASolverScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "LCMScheduler", "TCDScheduler",
+)
+OTHER_KINDS = {"ScoreSdeVeScheduler": "variance-exploding", "KarrasVeScheduler": "variance-exploding",
+               "EDMEulerScheduler": "variance-exploding (EDM)", "EDMDPMSolverMultistepScheduler": "variance-exploding (EDM)",
+               "ScoreSdeVpScheduler": "continuous-time variance-preserving", "CMStochasticIterativeScheduler": "consistency-model",
+               "FlowMatchEulerDiscreteScheduler": "flow-matching", "FlowMatchHeunDiscreteScheduler": "flow-matching"}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")  # DDPMScheduler's, which builds rdd's table
 
 
 def _read_json(path: Path) -> dict:
@@ -45,13 +60,11 @@ def load_diffusers_folder(path: str | Path, device="cpu"):
 
     folder = Path(path)
     unet_config, scheduler_config = folder / "unet" / "config.json", folder / "scheduler" / "scheduler_config.json"
+    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+    check_pixel_space(folder, index)
     if not (unet_config.is_file() and scheduler_config.is_file()):
         raise RddError(f"'{folder}' is not a diffusers model: it needs unet/config.json and scheduler/scheduler_config.json "
                        "(a pipeline folder written by save_pretrained), or pass an rdd model.pt")
-    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
-    extra = [name for name in NOT_PIXEL_SPACE if isinstance(index.get(name), list) and index[name][0]]
-    if extra:
-        raise RddError(f"'{folder}' is a latent or text-conditioned pipeline ({', '.join(extra)}); rdd distils pixel-space UNet2DModel pipelines")
     c = _read_json(unet_config)
     if c.get("_class_name") != "UNet2DModel":
         raise RddError(f"'{folder}/unet' is a {c.get('_class_name')}; rdd distils UNet2DModel pipelines, unconditional or class-conditional")
@@ -66,6 +79,7 @@ def load_diffusers_folder(path: str | Path, device="cpu"):
     if not isinstance(size, int):
         raise RddError(f"'{folder}/unet' has sample_size {size!r}; rdd needs square images of one size")
     scheduler = _read_json(scheduler_config)
+    check_scheduler(folder, scheduler)
     schedule = CosineSchedule() if index.get("schedule") == "cosine" else DiscreteSchedule(scheduler)
     try:
         unet = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)  # no warning about accelerate
@@ -79,6 +93,35 @@ def load_diffusers_folder(path: str | Path, device="cpu"):
     return model.to(device).eval(), cfg, meta
 
 
+def check_pixel_space(folder: Path, index: dict) -> None:
+    """A latent or text-conditioned pipeline is refused as such, whether its model_index.json lists the
+    component or only its folder is there (an incomplete copy)."""
+    extra = [name for name in NOT_PIXEL_SPACE
+             if (isinstance(index.get(name), list) and index[name][0]) or (folder / name).is_dir()]
+    if extra:
+        raise RddError(f"'{folder}' is a latent or text-conditioned pipeline ({', '.join(extra)}); rdd distils "
+                       "pixel-space UNet2DModel pipelines")
+
+
+def check_scheduler(folder: Path, scheduler: dict) -> None:
+    """Refuse, naming the scheduler, a noise schedule rdd cannot read as a variance-preserving beta table."""
+    name = scheduler.get("_class_name", "DDPMScheduler")  # a config without a class: the DDPM defaults
+    where = f"'{folder}/scheduler' ({name})"
+    if name not in BETA_TABLE_SCHEDULERS:
+        kind = OTHER_KINDS.get(name, "not a variance-preserving beta-table")
+        raise RddError(f"{where} is a {kind} scheduler, which rdd cannot read; rdd reads the alpha-bar table of "
+                       f"DDPMScheduler, DDIMScheduler and their samplers (e.g. {', '.join(BETA_TABLE_SCHEDULERS[4:8])})")
+    if scheduler.get("trained_betas") is None and scheduler.get("beta_schedule", "linear") not in BETA_SCHEDULES:
+        raise RddError(f"{where} has beta_schedule {scheduler['beta_schedule']!r}, which rdd cannot read; "
+                       f"valid values: {', '.join(BETA_SCHEDULES)} (or trained_betas)")
+    if scheduler.get("timestep_type", "discrete") != "discrete":
+        raise RddError(f"{where} conditions the UNet on timestep_type={scheduler['timestep_type']!r}; rdd reads "
+                       "UNets called at discrete timesteps")
+    if scheduler.get("prediction_type", "epsilon") not in READINGS:
+        raise RddError(f"{where} has prediction_type {scheduler['prediction_type']!r}; rdd reads "
+                       f"{', '.join(PREDICTION_TYPES)}")
+
+
 def _scheduler_betas(schedule) -> dict:
     """The scheduler keys that give diffusers the schedule's alpha-bar table."""
     if isinstance(schedule, DiscreteSchedule):
@@ -88,20 +131,29 @@ def _scheduler_betas(schedule) -> dict:
     return {"num_train_timesteps": EXPORT_TIMESTEPS, "trained_betas": betas.tolist()}
 
 
+def _check_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
+
+
+def _ddim_scheduler(model):
+    """The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
+    (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,
+                         timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0)
+
+
 def write_pipeline(model, meta: dict, out: str | Path) -> Path:
     """Write a loaded rdd model (and its meta) as a diffusers pipeline folder `out`."""
     import diffusers
-    from diffusers import DDIMScheduler
 
     from rdd import diffusers_pipeline
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RddError(f"'{out}' exists and is not an empty folder; export into a new folder")
-    # The scheduler carries the table and the output's reading; its DDIM settings match rdd's sampler
-    # (trailing grid down to alpha-bar 1, x-hat clipped) wherever the step count divides T.
-    scheduler = DDIMScheduler(**_scheduler_betas(model.schedule), prediction_type=model.prediction_type,
-                              timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0)
+    _check_empty(out)
+    scheduler = _ddim_scheduler(model)
     model.unet.save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
     shutil.copyfile(diffusers_pipeline.__file__, out / PIPELINE_FILE)
@@ -110,3 +162,37 @@ def write_pipeline(model, meta: dict, out: str | Path) -> Path:
              "schedule": model.schedule.config["kind"], "sampling_steps": meta.get("sampling_steps")}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def stock_ddim_blocker(model, steps: int | None) -> str | None:
+    """Why diffusers' own DDIMPipeline cannot sample this model as rdd does, or None where it can."""
+    if not isinstance(model.schedule, DiscreteSchedule):
+        return ("its schedule is rdd's continuous cosine: diffusers' DDIM would call the UNet at timestep k, not at "
+                "1000 t = k + 1")
+    if model.prediction_type not in PREDICTION_TYPES:
+        return f"it reads its output as {model.prediction_type}, which DDIMScheduler cannot step"
+    if model.num_classes:
+        return "it is class-conditional and DDIMPipeline passes no class labels"
+    if steps and model.schedule.num_train_timesteps % steps:
+        return (f"its {steps} steps do not divide the {model.schedule.num_train_timesteps} timesteps, so the "
+                "trailing DDIM grid is not rdd's")
+    return None
+
+
+def write_ddim_pipeline(model, meta: dict, out: str | Path) -> tuple[Path, int | None]:
+    """Write a model as a stock DDIMPipeline folder (model_index.json, unet/, scheduler/), where diffusers'
+    own DDIM with use_clipped_model_output=True takes rdd's steps; returns (folder, the student's step
+    count, None for a teacher: any N that divides T)."""
+    import diffusers
+
+    out, steps = Path(out), meta.get("sampling_steps")
+    blocker = stock_ddim_blocker(model, steps)
+    if blocker:
+        raise RddError(f"cannot export as a stock DDIMPipeline: {blocker}; use --format diffusers (rdd's own pipeline)")
+    _check_empty(out)
+    model.unet.save_pretrained(out / "unet")
+    _ddim_scheduler(model).save_pretrained(out / "scheduler")
+    index = {"_class_name": "DDIMPipeline", "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out, steps

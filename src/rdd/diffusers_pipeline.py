@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNe
 from diffusers.utils.torch_utils import randn_tensor
 
 DEFAULT_STEPS = 64  # a teacher's default; a distilled student samples at its own step count
+EPS_READING_MIN_ALPHA = 1e-3  # rdd.diffusion's: the epsilon_v reading reads eps where alpha_t is at least this, v below
 
 
 def draw_labels(classes: int, n: int, generator) -> torch.Tensor:
@@ -61,7 +62,11 @@ class RddDDIMPipeline(DiffusionPipeline):
         out = self.unet(z, self.timestep(t), class_labels=class_labels).sample
         alpha, sigma = (v.to(z.dtype).view(-1, 1, 1, 1) for v in self.alpha_sigma(t))
         kind = self.scheduler.config.prediction_type
-        if kind == "v_prediction":
+        if kind == "epsilon_v":  # rdd's reading for eps networks whose table ends near zero terminal SNR
+            eps_read = alpha >= EPS_READING_MIN_ALPHA
+            out = torch.where(eps_read, (z - sigma * out) / torch.where(eps_read, alpha, torch.ones_like(alpha)),
+                              alpha * z - sigma * out)
+        elif kind == "v_prediction":
             out = alpha * z - sigma * out
         elif kind == "epsilon":
             out = (z - sigma * out) / alpha

@@ -25,10 +25,15 @@ from rdd.errors import RddError
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")  # diffusers' names for x, eps and v
+# rdd's reading for eps networks on a table that ends near zero terminal SNR: eps where alpha_t >=
+# EPS_READING_MIN_ALPHA, v below (only just before t = 1), so a student copy is its teacher wherever eps gives
+# a usable x-hat and can still learn x-hat at t = 1. Not a diffusers prediction_type: the export's own pipeline reads it.
+EPSILON_V = "epsilon_v"
+READINGS = (*PREDICTION_TYPES, EPSILON_V)
 TIME_SCALE = 1000.0  # rdd's networks see 1000 t, so their time embedding spans a 1000-step model's range
 # The weight of a PD stage's squared x-error: max(SNR, 1), or SNR = alpha^2/sigma^2, which makes it the
-# squared eps error of a student that reads its output as eps.
-LOSS_WEIGHTS = ("truncated_snr", "snr")
+# squared eps error of a student that reads its output as eps; epsilon_v: SNR where that reading is eps, max(SNR, 1) where v.
+LOSS_WEIGHTS = ("truncated_snr", "snr", EPSILON_V)
 # Below this alpha at t = 1, an eps reading multiplies eps-hat's error by more than 1,000 in x-hat at a
 # student's first step (infinitely at zero terminal SNR): such a student reads v (rdd.networks.student_reading).
 EPS_READING_MIN_ALPHA = 1e-3
@@ -86,9 +91,14 @@ class Schedule:
             return output
         if prediction_type == "v_prediction":
             return self.x_from_v(z_t, t, output)
+        alpha, sigma = self.alpha_sigma(t)
         if prediction_type == "epsilon":
-            alpha, sigma = self.alpha_sigma(t)
             return (z_t - _bcast(sigma, z_t) * output) / _bcast(alpha, z_t)
+        if prediction_type == EPSILON_V:
+            eps_read = alpha >= EPS_READING_MIN_ALPHA
+            # The eps branch divides by 1 where it is not taken, so its gradient there is 0, not nan.
+            x_eps = (z_t - _bcast(sigma, z_t) * output) / _bcast(torch.where(eps_read, alpha, torch.ones_like(alpha)), z_t)
+            return torch.where(_bcast(eps_read, z_t) > 0, x_eps, self.x_from_v(z_t, t, output))
         raise RddError(f"unknown prediction_type '{prediction_type}'; diffusers models predict one of {', '.join(PREDICTION_TYPES)}")
 
     def ddim_step(self, z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -109,6 +119,8 @@ class Schedule:
             return snr
         if kind == "truncated_snr":
             return torch.clamp(snr, min=1.0)
+        if kind == EPSILON_V:
+            return torch.where(alpha >= EPS_READING_MIN_ALPHA, snr, torch.clamp(snr, min=1.0))
         raise RddError(f"unknown loss weight '{kind}'; choose one of {', '.join(LOSS_WEIGHTS)}")
 
 

@@ -22,6 +22,7 @@ from rdd.errors import RddError
 from rdd.files import write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
 from rdd.methods import DistillationObjective, StagePlan, check_terms, needs_classifier, require_classifier
+from rdd.metrics_log import read_metrics
 from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
 from rdd.rundir import check_same_run, manifest
@@ -92,12 +93,33 @@ def build_stage(plan: StagePlan, ctx: DistContext) -> Stage:
     return Stage(plan, student, objective)
 
 
+def recipe_line(plan: StagePlan) -> str:
+    """What the stage was set to do, said before it starts: method, length, the student's reading and why."""
+    steps, reading = plan.student_steps, plan.reading
+    return (f"stage {2 * steps}->{steps}: {plan.cfg.distill.method}, {plan.iterations} iterations; the student reads "
+            f"{reading['prediction_type']} under loss weight {reading['loss_weight']} ({reading['reason']})")
+
+
+def summary_line(out_dir: Path, steps: int, iterations: int, seconds: float) -> str:
+    """What the stage did: its length, last logged loss, wall time (of this run of it) and where its files are."""
+    log = out_dir / "metrics.jsonl"
+    losses = [r["loss"] for r in read_metrics(log) if "loss" in r] if log.is_file() else []
+    loss = f"final loss {losses[-1]:.4g}, " if losses else ""
+    minutes, secs = divmod(round(seconds), 60)
+    return (f"stage {2 * steps}->{steps} finished: {iterations} iterations, {loss}{minutes}m{secs:02d}s; "
+            f"model {out_dir / MODEL_FILE}, samples {out_dir / 'samples.png'}")
+
+
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
-    plan = stage.plan
-    desc = f"{plan.cfg.distill.method} {plan.teacher_steps}->{plan.student_steps}"
+    plan, out_dir, start = stage.plan, Path(out_dir), time.time()
+    if ctx.is_main:
+        print(recipe_line(plan), flush=True)
     fit(plan.cfg, stage.student, stage.objective, out_dir, ctx, iterations=plan.iterations, lr=plan.cfg.train.lr,
-        meta=plan.meta(), resume=resume, overwrite=overwrite, grid_steps=plan.student_steps, desc=desc)
-    return Path(out_dir) / MODEL_FILE
+        meta=plan.meta(), resume=resume, overwrite=overwrite, grid_steps=plan.student_steps,
+        desc=f"{plan.cfg.distill.method} {plan.teacher_steps}->{plan.student_steps}")
+    if ctx.is_main:
+        print(summary_line(out_dir, plan.student_steps, plan.iterations, time.time() - start), flush=True)
+    return out_dir / MODEL_FILE
 
 
 def run_stage(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: str | Path, ctx: DistContext, *,
@@ -125,7 +147,7 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
         if (folder / MODEL_FILE).is_file() and not overwrite:
             check_same_run(folder, manifest(plan.cfg, plan.meta(), plan.iterations), "finished stage")
             if ctx.is_main:
-                print(f"stage {steps}->{steps // 2}: done, skipping ({folder / MODEL_FILE})")
+                print(f"stage {steps}->{steps // 2}: done, skipped ({folder / MODEL_FILE})", flush=True)
         else:
             start = time.time()
             train_stage(build_stage(plan, ctx), folder, ctx, resume=not overwrite, overwrite=overwrite)

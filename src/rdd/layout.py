@@ -8,6 +8,7 @@ MODEL_FILE = "model.pt"  # the EMA weights, config and sampling steps: what `rdd
 TRAIN_STATE = "train_state.pt"  # everything needed to resume
 CLASSIFIER_FILE = "classifier.pt"  # what `rdd train-classifier` writes
 EVALNET_FILE = "evalnet.pt"  # what `rdd train-evalnet` writes; older runs named it classifier.pt
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "fmnist"  # the shipped Fashion-MNIST models (16x16, grey)
 
 
 @dataclass(frozen=True)

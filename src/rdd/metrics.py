@@ -28,7 +28,7 @@ from rdd.data import load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
 from rdd.files import file_digest, write_atomic
-from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
+from rdd.layout import ASSETS, CLASSIFIER_FILE, EVALNET_FILE, MODEL_FILE
 from rdd.sampling import to_uint8_nhwc
 
 EVALNET_SEED_OFFSET = 1000  # the evalnet never shares the distillation classifier's seed
@@ -207,8 +207,6 @@ def write_random_inception(path: str | Path, seed: int = 0) -> Path:
     exercises the FID/IS path without the real weights (its numbers measure nothing)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from rdd.checkpoint import save_checkpoint
-
     class Untrained(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):
             return None  # keep the layers' own initialisation
@@ -277,6 +275,8 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     inception_weights = inception_weights or ec.inception_weights
     reference_cache = reference_cache or ec.reference_cache
     if not evalnet and not inception_weights:
+        evalnet = shipped_evalnet(cfg.data)
+    if not evalnet and not inception_weights:
         raise RddError("nothing to measure: pass --evalnet (a checkpoint of `rdd train-evalnet`) and/or "
                        f"--inception-weights ({INCEPTION_FILE})")
     steps = resolve_steps(meta, steps)
@@ -291,7 +291,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress, ctx)
     if images is None:
         return None
-    result = {"ckpt": str(ckpt), "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
+    result = {"ckpt": str(ckpt), "evalnet": evalnet, "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
               "num_samples": num_samples, "seed": seed, "reference": reference_split,
               "sampling_seconds": time.perf_counter() - start}
     if evalnet:
@@ -308,8 +308,21 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     return result
 
 
+def shipped_evalnet(data: DataConfig) -> str | None:
+    """The repository's evaluation network where the data is what it was trained on (Fashion-MNIST, 16x16 grey)."""
+    path = ASSETS / EVALNET_FILE
+    fits = (data.dataset, data.resolution, data.channels) == ("fashion_mnist", 16, 1)
+    return str(path) if fits and path.is_file() else None
+
+
+def run_label(ckpt: str | Path) -> str:
+    """A result's name: the run folder of a model.pt, else the checkpoint's stem (a diffusers folder's name)."""
+    path = Path(ckpt)
+    return str(path.parent) if path.name == MODEL_FILE else (path.name if path.is_dir() else path.stem)
+
+
 def format_result(r: dict) -> str:
-    parts = [f"{Path(r['ckpt']).parent.name or r['ckpt']}", f"{r['sampler']} {r['steps']} steps ({r['nfe']} NFE)",
+    parts = [run_label(r["ckpt"]), f"{r['sampler']} {r['steps']} steps ({r['nfe']} NFE)",
              f"N={r['num_samples']}"]
     if "fd" in r:
         parts.append(f"FD {r['fd']:.3f}  IS {r['is']:.3f} ± {r['is_std']:.3f}")

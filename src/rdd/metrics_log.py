@@ -67,7 +67,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [record for line in text.splitlines() if (record := _record(line)) is not None]
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
-    """Save images in [-1, 1] as a PNG grid."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1) -> None:
+    """Save images in [-1, 1] as a PNG grid, each pixel drawn as `scale` x `scale` pixels."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(path), nrow=nrow, padding=1, pad_value=1.0)
+    images = images.float().clamp(-1, 1) * 0.5 + 0.5
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, str(path), nrow=nrow, padding=scale, pad_value=1.0)

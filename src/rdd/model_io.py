@@ -7,7 +7,7 @@ from torch import nn
 
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, save_checkpoint
 from rdd.config import ExperimentConfig, from_dict, to_dict
-from rdd.diffusers_io import load_diffusers_folder, write_pipeline
+from rdd.diffusers_io import load_diffusers_folder, write_ddim_pipeline, write_pipeline
 from rdd.errors import RddError
 from rdd.networks import build_model
 
@@ -45,3 +45,9 @@ def export_diffusers(ckpt: str | Path, out: str | Path) -> Path:
     """Write the model at `ckpt` (rdd model.pt or a diffusers folder) as a diffusers pipeline folder `out`."""
     model, _, meta = load_diffusion_model(ckpt)
     return write_pipeline(model, meta, out)
+
+
+def export_stock_ddim(ckpt: str | Path, out: str | Path) -> tuple[Path, int | None]:
+    """Write the model at `ckpt` as a folder diffusers' own DDIMPipeline loads; returns (folder, step count)."""
+    model, _, meta = load_diffusion_model(ckpt)
+    return write_ddim_pipeline(model, meta, out)

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from rdd.config import DataConfig, ModelConfig
-from rdd.diffusion import COSINE, EPS_READING_MIN_ALPHA, PREDICTION_TYPES, Schedule, schedule_from_config
+from rdd.diffusion import COSINE, EPS_READING_MIN_ALPHA, EPSILON_V, READINGS, Schedule, schedule_from_config
 from rdd.errors import RddError
 
 PRESETS: dict[str, dict] = {
@@ -60,8 +60,8 @@ class XPredictionUNet(nn.Module):
 
     def __init__(self, unet: UNet2DModel, num_classes: int, schedule: Schedule = COSINE, prediction_type: str = "sample"):
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise RddError(f"unknown prediction_type '{prediction_type}'; choose one of {', '.join(PREDICTION_TYPES)}")
+        if prediction_type not in READINGS:
+            raise RddError(f"unknown prediction_type '{prediction_type}'; choose one of {', '.join(READINGS)}")
         self.unet = unet
         self.num_classes = num_classes
         self.schedule = schedule
@@ -81,8 +81,11 @@ def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: st
     `auto` is the measured recipe: the student of a base epsilon teacher with alpha_1 clearly above 0
     reads eps, starting exactly at its teacher, under the eps-space weight SNR (the x-space weight
     max(SNR, 1) lets the t = 1 step, x-hat = (z - sigma eps-hat) / alpha_1, dominate the loss); every
-    later stage, and a zero-terminal-SNR teacher, reads v (that weight leaves t = 1 untrained, which a
-    second eps stage pays for); v and x teachers keep their reading."""
+    later stage of that chain reads v (that weight leaves t = 1 untrained, which a second eps stage pays
+    for). An eps teacher with alpha_1 near 0 (the improved-DDPM cosine, zero terminal SNR) gives no usable
+    x-hat at t = 1 read as eps: its students read v (epsilon_v, eps except just before t = 1, starts
+    closer to the teacher but measured worse: benchmarks/diffusers_teachers.md); v, x and epsilon_v
+    teachers keep their reading."""
     alpha_1 = float(teacher.schedule.alpha_sigma(torch.tensor(1.0))[0])
     if asked != "auto":
         reading, reason = asked, "set by distill.student_reading"
@@ -91,11 +94,11 @@ def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: st
     elif teacher_distilled:
         reading, reason = "v_prediction", "a later stage of an eps chain: its eps-read teacher left t = 1 untrained"
     elif alpha_1 < EPS_READING_MIN_ALPHA:
-        reading, reason = "v_prediction", f"zero terminal SNR (alpha_1 = {alpha_1:.2g}): eps gives no x-hat at t = 1"
+        reading, reason = "v_prediction", f"alpha_1 = {alpha_1:.2g}: eps gives no usable x-hat at t = 1"
     else:
         reading, reason = "epsilon", f"base eps teacher, alpha_1 = {alpha_1:.2g}: the student starts as its teacher"
     if loss_weight == "auto":
-        loss_weight = "snr" if reading == "epsilon" else "truncated_snr"
+        loss_weight = {"epsilon": "snr", EPSILON_V: EPSILON_V}.get(reading, "truncated_snr")
     return {"prediction_type": reading, "loss_weight": loss_weight, "alpha_at_t1": alpha_1, "reason": reason}
 
 

@@ -95,6 +95,17 @@ def run_table(entries: list[tuple[str, Path, int]], results: dict) -> list[str]:
     return markdown_table(headers, [[label, steps, *measured(label)] for label, _, steps in entries]).splitlines()
 
 
+def headline_sources(results: dict[str, tuple[str, int, dict]]) -> list[str]:
+    """Where a method has several runs at one step count, which one the headline cell shows (the last
+    listed, as in the run table below) and which others there are."""
+    runs: dict[tuple[str, int], list[str]] = {}
+    for label, (method, steps, _) in results.items():
+        runs.setdefault((method, steps), []).append(label)
+    lines = [f"- {method}, {steps} steps: `{labels[-1]}` (also " + ", ".join(f"`{x}`" for x in labels[:-1]) + ")"
+             for (method, steps), labels in sorted(runs.items()) if len(labels) > 1]
+    return ["Cells with several runs show one of them:", "", *lines, ""] if lines else []
+
+
 def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int = 2000, seed: int = 0) -> Path:
     """`rdd report DIR`: every model.pt under DIR, evaluated (when an evalnet is given), gridded and plotted."""
     from rdd.metrics import evaluate_checkpoint
@@ -125,7 +136,7 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
         steps = sorted({n for _, n, _ in results.values()})
         by_key = {(m, n): r for m, n, r in results.values()}
         lines += [f"FD / IS of the evaluation network on {num_samples} samples (lower FD is better).", ""]
-        lines += method_table(by_key, methods, steps) + [""]
+        lines += method_table(by_key, methods, steps) + [""] + headline_sources(results)
     lines += run_table(entries, results)
     lines += ["", "Every row from the same noise:", "", f"![grids]({grid.relative_to(root)})", "",
               "Loss curves:", "", f"![curves]({curves.relative_to(root)})", ""]

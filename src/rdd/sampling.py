@@ -35,12 +35,29 @@ def resolve_steps(meta: dict, steps: int | None) -> int:
     return steps
 
 
-@torch.no_grad()
 def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500, sampler: str = "ddim",
              device="cpu", progress: bool = True, ctx: DistContext | None = None) -> torch.Tensor | None:
     """`num` images in [-1, 1] from model (an x-predictor) with the chosen sampler. Under torchrun (`ctx`)
     each process samples every world-th batch of the same noise, and the main process gets every image,
     in the order of one process (the others get None)."""
+    result = generate_labelled(model, cfg, steps, num, seed, batch_size, sampler, device, progress, ctx)
+    return None if result is None else result[0]
+
+
+def check_class(cfg, class_label: int | None) -> None:
+    classes = cfg.model.num_classes
+    if class_label is not None and not classes:
+        raise RddError(f"--class {class_label}: this model is unconditional; --class needs a class-conditional model")
+    if class_label is not None and not 0 <= class_label < classes:
+        raise RddError(f"--class {class_label}: this model knows classes 0..{classes - 1}")
+
+
+@torch.no_grad()
+def generate_labelled(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500, sampler: str = "ddim",
+                      device="cpu", progress: bool = True, ctx: DistContext | None = None, class_label: int | None = None):
+    """(images, class labels or None) as `generate` makes them; `class_label` replaces the drawn labels of a
+    conditional model after they are drawn, so the noise stays what the same seed gives without it."""
+    check_class(cfg, class_label)
     if sampler == "ddim":
         run = ddim_sample
     else:
@@ -50,19 +67,23 @@ def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500,
             return diffusers_sample(m, z, n, labels, sampler)
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
     rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
-    mine = {}  # batch index -> images
+    mine = {}  # batch index -> (images, labels)
     batches = noise_batches(num, shape, seed, batch_size, cfg.model.num_classes)
     total = (num + batch_size - 1) // batch_size
     for i, (noise, labels) in enumerate(tqdm(batches, total=total, desc=f"sample {sampler} {steps} steps",
                                              disable=not progress, leave=False)):
+        if labels is not None and class_label is not None:
+            labels = labels.fill_(class_label)
         if i % world == rank:  # every process draws all the noise, so each batch's noise is the same as on one
-            labels = labels.to(device) if labels is not None else None
-            mine[i] = run(model, noise.to(device), steps, labels).clamp(-1, 1).cpu()
+            on_device = labels.to(device) if labels is not None else None
+            mine[i] = (run(model, noise.to(device), steps, on_device).clamp(-1, 1).cpu(), labels)
     shares = gather_to_main(mine) if world > 1 else [mine]
     if shares is None:
         return None
-    every = {i: images for share in shares for i, images in share.items()}
-    return torch.cat([every[i] for i in sorted(every)])
+    every = {i: pair for share in shares for i, pair in share.items()}
+    order = sorted(every)
+    labels = [every[i][1] for i in order]
+    return torch.cat([every[i][0] for i in order]), (torch.cat(labels) if labels[0] is not None else None)
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:

@@ -111,8 +111,8 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
     from rdd.rundir import check_inputs_outside
 
     check_inputs_outside(spec.out, {"teacher": spec.teacher, "evaluation network": spec.evalnet})
-    if not Path(spec.teacher).is_file():
-        raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt)")
+    if not Path(spec.teacher).exists():
+        raise RddError(f"teacher '{spec.teacher}' not found; pass a model.pt (e.g. assets/fmnist/two_step.pt) or a diffusers folder")
     if not spec.evalnet or not Path(spec.evalnet).is_file():
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
@@ -131,7 +131,7 @@ def evaluate(spec: SweepSpec, ckpt: Path, cache: Path) -> dict:
     return cached_json(cache, lambda: evaluate_checkpoint(
         ckpt, None, "ddim", spec.eval_samples, spec.eval_seed, evalnet=spec.evalnet,
         reference_cache=str(Path(spec.out) / f"reference_{spec.reference}.npz"),
-        progress=False, reference_split=spec.reference, holdout=spec.holdout))
+        progress=True, reference_split=spec.reference, holdout=spec.holdout))
 
 
 def execute(spec: SweepSpec, run: RunSpec) -> dict:
@@ -169,6 +169,8 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
             r = evaluate(spec, ckpt, model.parent / f"eval-{spec.reference}-{iteration:07d}.json")
             evaluations.append({"stage": index, "steps": meta["sampling_steps"], "iteration": iteration,
                                 "fd": r["fd"], "is": r.get("is")})
+            print(f"[sweep] {run.point} seed {run.seed}: {meta['sampling_steps']} steps after {iteration} iterations: "
+                  f"FD {r['fd']:.3f} ({spec.reference})", flush=True)
     result = {"point": run.point, "values": run.values, "seed": run.seed, "train_seconds": round(seconds, 1),
               "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference,
               "eval_samples": spec.eval_samples, "teacher": spec.teacher, "config_file": spec.config,
@@ -200,7 +202,8 @@ def run_sweep(spec: SweepSpec, jobs: int = 1) -> Path:
     if jobs <= 1:
         for i, run in enumerate(todo, 1):
             print(f"[sweep] {i}/{len(todo)}: {run.point} seed {run.seed}")
-            execute(spec, run)
+            result = execute(spec, run)
+            print(f"[sweep] done: {result['point']} seed {result['seed']}: FD {result['final_fd']:.3f}")
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             for result in pool.map(execute, [spec] * len(todo), todo):
