@@ -177,7 +177,9 @@ def test_rdd_ddim_on_a_diffusers_folder_is_diffusers_trailing_ddim(tmp_path, pre
         for k in scheduler.timesteps:
             out = model.unet(z, k, class_labels=labels).sample
             z = scheduler.step(out, k, z, eta=0.0, use_clipped_model_output=True).prev_sample
-        torch.testing.assert_close(ours, z, atol=1e-5, rtol=0)
+        # float32 rounding, amplified by 1/sqrt(alpha-bar) ~ 160 where an eps output becomes x-hat at t = 1:
+        # a wrong t mapping differs by 1e-2 or more
+        torch.testing.assert_close(ours, z, atol=1e-4, rtol=0)
 
 
 def plain_diffusers_loop(unet, scheduler, noise, steps):
