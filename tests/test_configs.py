@@ -37,7 +37,6 @@ def test_cifar10_distillation(method):
     assert d.iterations == [20000, 20000, 40000] and d.tau_cfd == [0.9, 1.0, 0.85]
     assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size, d.push_per_step) == (1.0, 0.1, 1.0, 0.1, 20000, 128)
     assert (t.lr, t.lr_schedule, t.batch_size, t.grad_clip, t.ema_decay, c.model.dropout) == (5e-5, "cosine", 128, 1.0, 0.0, 0.0)
-    assert c.classifier.arch == "densenet201"
     # Tables 1-3 came from the public code: its queue, V = 4,096, no teacher clip, fp32.
     fid = resolve_fidelity(d)
     assert (d.fidelity, fid.num_contrast, fid.queue_layout, fid.teacher_clip, t.bf16) == ("official", 4096, "flat_view", False, False)
@@ -53,7 +52,7 @@ def test_imagenet64_distillation(method):
     assert (d.alpha, d.beta, d.tau_is, d.tau_m, d.queue_size) == (100.0, 0.1, 1.0, 0.1, 20000)
     assert (t.lr, t.batch_size, t.grad_clip, t.bf16) == (1e-4, 256, 1.0, False)
     assert (c.data.dataset, c.data.resolution, c.data.channels) == ("imagenet64", 64, 3)
-    assert c.classifier.arch == "densenet201" and d.fidelity == "official"
+    assert d.fidelity == "official"
 
 
 def test_base_chain_merges_mappings_and_replaces_lists(tmp_path):

@@ -56,11 +56,17 @@ def check_benchmark(bc: BenchmarkConfig) -> None:
     from rdd.diffusion import halving_chain
     from rdd.registry import check_method
 
-    for key in ("teacher_config", "classifier_config", "evalnet_config", "distill_config"):
+    configs = {}
+    for key, command in (("teacher_config", "train"), ("classifier_config", "train-classifier"),
+                         ("evalnet_config", "train-evalnet"), ("distill_config", "progressive")):
         try:
-            load_config(getattr(bc, key))
+            configs[key] = load_config(getattr(bc, key), command=command).data
         except ConfigError as e:
             raise ConfigError(f"benchmark {key}: {e}") from None
+    shape = {key: (data.dataset, data.channels, data.resolution) for key, data in configs.items()}
+    if shape["distill_config"] != shape["teacher_config"]:
+        raise ConfigError(f"distill_config's data {shape['distill_config']} is not the teacher's {shape['teacher_config']} "
+                          "(data set, channels, resolution); make the two configs name the same data")
     for method in bc.chain_methods + bc.ablation_methods:
         check_method(method)
     halving_chain(bc.teacher_steps, bc.pd_to)  # refuses a PD chain that does not halve

@@ -20,13 +20,13 @@ def cmd_train(args) -> None:
     from rdd.training import train_base_model
 
     ctx = init_distributed()
-    train_base_model(load_config(args.config, args.overrides), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
+    train_base_model(load_config(args.config, args.overrides, "train"), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
         print(f"wrote {Path(args.out) / 'model.pt'} and {Path(args.out) / 'samples.png'}")
 
 
 def _distill_config(args):
-    from rdd.config import load_config
+    from rdd.distill import load_stage_config
 
     overrides = list(args.overrides)
     if args.method:
@@ -34,7 +34,7 @@ def _distill_config(args):
         if asked and asked[-1] != args.method:
             raise RddError(f"--method {args.method} and --set distill.method={asked[-1]} disagree; pass one of them")
         overrides.append(f"distill.method={args.method}")
-    return load_config(args.config, overrides)
+    return load_stage_config(args.config, overrides, args.teacher, args.command)
 
 
 def cmd_distill(args) -> None:
@@ -66,7 +66,7 @@ def cmd_train_classifier(args) -> None:
     from rdd.config import load_config
     from rdd.distributed import init_distributed
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, "train-classifier")
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -139,7 +139,7 @@ def cmd_train_evalnet(args) -> None:
     from rdd.distributed import init_distributed
     from rdd.metrics import EVALNET_SEED_OFFSET
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, "train-evalnet")
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET

@@ -27,7 +27,7 @@ from rdd.config import DataConfig
 from rdd.data import load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
-from rdd.files import file_digest
+from rdd.files import cache_dir, file_digest
 from rdd.layout import CLASSIFIER_FILE, EVALNET_FILE
 from rdd.sampling import to_uint8_nhwc
 
@@ -79,13 +79,6 @@ def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------------------------
 # Cache stamps: a cache is reused only for the same network weights and data
-
-def cache_dir() -> Path:
-    """rdd's cache folder: $RDD_CACHE, else $XDG_CACHE_HOME/rdd, else ~/.cache/rdd."""
-    if os.environ.get("RDD_CACHE"):
-        return Path(os.environ["RDD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rdd"
-
 
 def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
     """Checksum of the network + the data fields that change the reference images."""
