@@ -365,7 +365,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, com
     cfg = from_dict(apply_overrides(_merge(defaults or {}, data), overrides or []))
     if command is not None:
         own = {key: f"in '{path}'" for key in flatten(_file_mapping(path))} if path is not None else {}
-        check_read(command, {**own, **{key: "on --set" for key in flatten(apply_overrides({}, overrides or []))}})
+        check_read(command, {**own, **{key: "on the command line" for key in flatten(apply_overrides({}, overrides or []))}})
     return cfg
 
 
