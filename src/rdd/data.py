@@ -200,6 +200,12 @@ def _folder_cache_path(cfg: DataConfig, root: Path, files: list[Path]) -> Path:
     return cache_dir() / "folders" / f"{root.name}-{h.hexdigest()[:16]}.pt"
 
 
+def folder_stamp(cfg: DataConfig) -> str:
+    """What identifies a folder data set's images: its cached copy's key (file list, sizes, times, settings)."""
+    root = _folder_root(cfg)
+    return _folder_cache_path(cfg, root, folder_images(root)[0]).stem
+
+
 def _decode_folder(cfg: DataConfig, root: Path, files: list[Path], labels: list[int]) -> dict:
     """Every readable image, in the data's channels, in a fixed shuffled order (data.holdout's last images are
     then a random draw across classes); refuses a folder with too many unreadable images or colour read as grey."""
@@ -229,7 +235,7 @@ def _decode_folder(cfg: DataConfig, root: Path, files: list[Path], labels: list[
             "grey_as_rgb": (len(rgb) - colour) if cfg.channels == 3 else 0}
 
 
-class Uint8Images(Dataset):
+class DecodedImages(Dataset):
     """(N, C, H, W) uint8 images and their labels as (image in [-1, 1], label), converted one at a time."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -275,7 +281,7 @@ def image_folder(cfg: DataConfig, split: str) -> Dataset:
         save_checkpoint(state, cache)
         if _main_process():
             print(folder_summary(root, state, cache))
-    return Uint8Images(state["images"], state["labels"])
+    return DecodedImages(state["images"], state["labels"])
 
 
 def folder_summary(root: Path, state: dict, cache: Path) -> str:

@@ -75,8 +75,9 @@ def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: 
 
 def load_stage_config(path, overrides: list[str], teacher_path, command: str) -> ExperimentConfig:
     """A stage's config from the command line, every key checked for `command`. The data settings the config
-    and --set leave unnamed follow the teacher: an rdd teacher's data set, resolution and channels; a diffusers
-    teacher's resolution and channels (a diffusers folder names no data set, so the config must)."""
+    and --set leave unnamed follow the teacher: an rdd teacher's data set (its folder and held-out images with
+    it), resolution and channels; a diffusers teacher's resolution and channels (a diffusers folder names no
+    data set, so the config must)."""
     load_config(path, overrides, command)  # its errors come before the teacher is read
     _, teacher_cfg, _ = load_diffusion_model(teacher_path)
     named = apply_overrides(read_yaml_config(path) if path else {}, overrides).get("data") or {}
@@ -87,7 +88,7 @@ def load_stage_config(path, overrides: list[str], teacher_path, command: str) ->
                        "data.dataset, e.g. configs/fmnist/diffusers.yaml for a Fashion-MNIST teacher")
     defaults = {"resolution": t.resolution, "channels": t.channels}
     if not teacher_cfg.model.diffusers and "dataset" not in named:
-        defaults.update(dataset=t.dataset, root=t.root)
+        defaults.update(dataset=t.dataset, root=t.root, holdout=t.holdout)
     return load_config(path, overrides, defaults={"data": defaults})
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from rdd.checkpoint import load_checkpoint
 from rdd.config import DataConfig
-from rdd.data import load_dataset
+from rdd.data import folder_stamp, load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
 from rdd.files import cache_dir, file_digest
@@ -83,8 +83,10 @@ def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
 def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
     """Checksum of the network + the data fields that change the reference images."""
     fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip", "holdout")}
-    if split != "test":
+    if split != "test" or data.dataset == "folder":  # a folder's test split is its held-out images
         fields.update(split=split, holdout=data.holdout)
+    if data.dataset == "folder":  # its files, which may change under the same path
+        fields.update(files=folder_stamp(data))
     return hashlib.sha256(f"{file_digest(weights)}|{json.dumps(fields, sort_keys=True)}".encode()).hexdigest()[:16]
 
 
