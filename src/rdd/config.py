@@ -413,7 +413,7 @@ def used_config(config: dict, command: str) -> dict:
 
 def check_read(command: str, given: dict[str, str]) -> None:
     """Refuse a key the user gave ({key: where}) that `command` does not read, naming the key it probably meant."""
-    fields = flatten(to_dict(ExperimentConfig()), keep=("model.diffusers",))
+    fields = flatten(to_dict(ExperimentConfig()))
     for key, where in given.items():
         if reads(command, key):
             continue
@@ -427,12 +427,12 @@ def check_read(command: str, given: dict[str, str]) -> None:
         raise ConfigError(f"rdd {command} does not read {key} ({where}), so it would be ignored; {hint}")
 
 
-def flatten(data: dict, prefix: str = "", keep: tuple = ()) -> dict:
-    """{"a.b": value} for every leaf of a nested mapping; the keys in `keep` stay whole."""
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested mapping."""
     flat = {}
     for key, value in data.items():
-        if isinstance(value, dict) and f"{prefix}{key}" not in keep:
-            flat.update(flatten(value, f"{prefix}{key}.", keep))
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
