@@ -184,6 +184,17 @@ def test_class_counts_and_an_rdd_teachers_shape_must_agree(capsys, fmnist_slice,
     assert not (tmp_path / "run").exists()
 
 
+def test_sweep_and_benchmark_check_the_data_against_the_teacher_before_the_first_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "sweep", "--config", ROOT / "configs/fmnist/distill.yaml", "--teacher", TWO_STEP,
+                        "--set", "data.resolution=32", "--out", tmp_path / "sweep")
+    error_line(code, err, "makes 1x16x16 images but the data config gives 1x32x32")
+    (tmp_path / "distill.yaml").write_text(f"base: {ROOT / 'configs/fmnist/distill.yaml'}\ndata: {{resolution: 32}}\n")
+    (tmp_path / "benchmark.yaml").write_text(f"out: {tmp_path / 'runs'}\ndistill_config: {tmp_path / 'distill.yaml'}\n")
+    code, err = run_cli(capsys, "benchmark", tmp_path / "benchmark.yaml")
+    assert_one_line(code, err, "distill_config's data ('fashion_mnist', 1, 32) is not the teacher's ('fashion_mnist', 1, 16)")
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "runs").exists()
+
+
 def test_the_data_an_rdd_teacher_learned_from_is_the_default(tmp_path):
     from rdd.distill import load_stage_config
 
