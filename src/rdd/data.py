@@ -174,7 +174,8 @@ def folder_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if any(len(parts) == 1 for parts in tops):
         return files, [0] * len(files), []
     classes = sorted({parts[0] for parts in tops})
-    return files, [classes.index(parts[0]) for parts in tops], classes
+    index = {name: i for i, name in enumerate(classes)}
+    return files, [index[parts[0]] for parts in tops], classes
 
 
 def _decode(path: Path, resolution: int) -> np.ndarray:
@@ -209,14 +210,16 @@ def folder_stamp(cfg: DataConfig) -> str:
 def _decode_folder(cfg: DataConfig, root: Path, files: list[Path], labels: list[int]) -> dict:
     """Every readable image, in the data's channels, in a fixed shuffled order (data.holdout's last images are
     then a random draw across classes); refuses a folder with too many unreadable images or colour read as grey."""
+    from PIL import Image
     from tqdm.auto import tqdm
 
     images, kept, failed = [], [], []
-    for i, path in enumerate(tqdm(files, desc=f"decoding {root}", disable=len(files) < 1000, leave=False)):
+    quiet = len(files) < 1000 or not _main_process()
+    for i, path in enumerate(tqdm(files, desc=f"decoding {root}", disable=quiet, leave=False)):
         try:
             images.append(_decode(path, cfg.resolution))
             kept.append(i)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged or unknown files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # damaged, unknown or huge files
             failed.append(f"'{path}': {type(e).__name__}: {' '.join(str(e).split())[:120]}")
     if len(failed) > UNREADABLE_LIMIT * len(files):
         raise RddError(f"{len(failed)} of {len(files)} images in data.root '{root}' cannot be read (e.g. {failed[0]}); "
