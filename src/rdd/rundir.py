@@ -1,8 +1,9 @@
 """Run folders that cannot be silently damaged: a manifest, a lock, and no stale temporary files.
 
 The manifest (`run.json`; `classifier-run.json` and so on for the other kinds of run, each with
-its own file names, rdd.layout.RUN_FILES) records what defines a run: the config as the run used it (rdd.config.used_config), the method's meta
-(step counts, the stage's temperature) and the sha256 of every input file (teacher, classifier).
+its own file names, rdd.layout.RUN_FILES) records what defines a run: the config as the run used it
+(rdd.config.used_config), the method's meta (step counts, the stage's temperature) and the sha256 of
+every input file (teacher, classifier).
 A run folder is entered only under its lock, and only as its manifest allows: a new run refuses
 an existing one unless told to resume or to start over, and a resumed run refuses any changed
 defining setting.
