@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = ["model.name=tiny", "train.batch_size=16", "train.sample_steps=2", "train.num_grid=16",
                   "train.sample_every=0", "train.log_every=1", "train.warmup=0", "train.ema_decay=0.9"]
 TINY = [arg for override in TINY_OVERRIDES for arg in ("--set", override)]
+# TINY for the distillation commands, which refuse what they do not read: a student copies its teacher's
+# network (model.name) and draws its grids at its own step count (train.sample_steps).
+TINY_STAGE = [arg for override in TINY_OVERRIDES if not override.startswith(("model.name", "train.sample_steps"))
+              for arg in ("--set", override)]
 
 
 def rdd_command(*args: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, TINY
+from helpers import ROOT, TINY, TINY_STAGE
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.cli import main
 
@@ -162,7 +162,7 @@ class Kit:
 
 TRAIN = "train " + " ".join(TINY) + " --set data.root={data} --set train.iterations=2"
 DISTILL = ("distill --config {cfg} --teacher {teacher} --method pd --set distill.teacher_steps=2 --set distill.iterations=[2] "
-           + " ".join(TINY) + " --set data.root={data} --set classifier.checkpoint={classifier}")
+           + " ".join(TINY_STAGE) + " --set data.root={data} --set classifier.checkpoint={classifier}")
 SAMPLE = "sample --ckpt {student} --num 4"
 EVAL = "eval --ckpt {student} --evalnet {evalnet} --num 16"
 
@@ -336,7 +336,7 @@ CASES = [
 def student(teacher, small_fmnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("student")
     assert main(["distill", "--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", str(teacher), "--method", "pd",
-                 *TINY, "--set", f"data.root={small_fmnist}", "--set", "distill.teacher_steps=2",
+                 *TINY_STAGE, "--set", f"data.root={small_fmnist}", "--set", "distill.teacher_steps=2",
                  "--set", "distill.iterations=[2]", "--out", str(out)]) == 0
     return out / "model.pt"
 

@@ -34,7 +34,7 @@ def toy_benchmark(small_fmnist, tmp_path, teacher_iterations: int, train_limit: 
         "evalnet_config": write_yaml(tmp_path / "evalnet.yaml", "configs/fmnist/evalnet.yaml", data=data,
                                      classifier={"train_limit": train_limit}),
         "distill_config": write_yaml(tmp_path / "distill.yaml", "configs/fmnist/benchmark-distill.yaml", data=data,
-                                     train=tiny_train, distill={"queue_size": 64, "num_contrast": 16, "push_per_step": 8}),
+                                     train={k: v for k, v in tiny_train.items() if k != "sample_steps"}, distill={"queue_size": 64, "num_contrast": 16, "push_per_step": 8}),
         "dpm_solver_steps": 4, "pndm_steps": 5, **protocol,
     }
     config = tmp_path / "benchmark.yaml"

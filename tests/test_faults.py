@@ -137,7 +137,7 @@ def test_temporary_files_left_by_a_kill_are_removed_on_the_next_start(capsys, tm
 
 @pytest.mark.slow
 def test_progressive_refuses_a_finished_chain_of_another_method(capsys, tmp_path, tiny_model, small_fmnist):
-    tiny = ["model.name=tiny", "train.batch_size=8", "train.sample_every=0", "train.sample_steps=2", "train.num_grid=4",
+    tiny = ["train.batch_size=8", "train.sample_every=0", "train.num_grid=4",
             "train.ckpt_every=1000", f"data.root={small_fmnist}", "distill.teacher_steps=4", "distill.iterations=[2]"]
     cfg = load_config(ROOT / "configs/fmnist/distill.yaml", tiny + ["distill.method=pd"])
     models = run_progressive(cfg, tiny_model, tmp_path, CPU)

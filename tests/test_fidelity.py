@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, TINY, run_rdd
+from helpers import ROOT, TINY_STAGE, run_rdd
 from rdd.config import ConfigError, load_config
 from rdd.diffusion import COSINE, teacher_two_step_target
 from rdd.fidelity import PRESETS, resolve_fidelity
@@ -146,7 +146,7 @@ def test_k_under_two_gloo_processes(scope, expected, tmp_path):
 @pytest.mark.parametrize("fidelity", ["official", "paper"])
 def test_rdd_stage_runs_in_each_mode(fidelity, teacher, classifier, small_fmnist, tmp_path):
     run_rdd("distill", "--config", "configs/fmnist/distill.yaml", "--teacher", str(teacher), "--method", "rdd",
-            *TINY, "--set", f"data.root={small_fmnist}", "--set", f"classifier.checkpoint={classifier}",
+            *TINY_STAGE, "--set", f"data.root={small_fmnist}", "--set", f"classifier.checkpoint={classifier}",
             "--set", "distill.teacher_steps=4", "--set", "distill.iterations=[3]", "--set", "distill.queue_size=64",
             "--set", "distill.num_contrast=16", "--set", "distill.push_per_step=8", "--set", f"distill.fidelity={fidelity}",
             "--out", str(tmp_path / "stage"))

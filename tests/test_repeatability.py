@@ -3,7 +3,7 @@ comes from train.seed, and a killed run resumes to the bit (docs/reliability.md)
 import pytest
 import torch
 
-from helpers import TINY, run_and_kill, run_rdd
+from helpers import TINY_STAGE, run_and_kill, run_rdd
 from rdd.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def rdd_args(teacher, classifier, small_fmnist, *extra):
     return ["distill", "--config", "configs/fmnist/distill.yaml", "--teacher", str(teacher), "--method", "rdd",
-            *TINY, "--set", f"data.root={small_fmnist}", "--set", f"classifier.checkpoint={classifier}",
+            *TINY_STAGE, "--set", f"data.root={small_fmnist}", "--set", f"classifier.checkpoint={classifier}",
             "--set", "distill.queue_size=256", "--set", "distill.num_contrast=32", "--set", "distill.push_per_step=8",
             "--set", "distill.teacher_steps=2", *extra]
 

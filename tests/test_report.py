@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from helpers import ROOT, TINY, run_rdd
+from helpers import ROOT, TINY_STAGE, run_rdd
 
 pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
@@ -10,7 +10,7 @@ def test_report_renders_table_grids_and_curves_of_a_progressive_run(teacher, cla
     runs = tmp_path / "runs"
     for method in ("pd", "rcfd"):
         run_rdd("progressive", "--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", str(teacher),
-                "--method", method, "--to", "1", "--out", str(runs / method), *TINY, "--set", f"data.root={small_fmnist}",
+                "--method", method, "--to", "1", "--out", str(runs / method), *TINY_STAGE, "--set", f"data.root={small_fmnist}",
                 "--set", "distill.teacher_steps=4", "--set", "distill.iterations=[3]", "--set", "classifier.checkpoint=null"
                 if method == "pd" else f"classifier.checkpoint={classifier}")
     result = run_rdd("report", str(runs), "--evalnet", str(evalnet), "--num", "64")

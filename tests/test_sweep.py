@@ -4,13 +4,13 @@ import json
 import pytest
 from PIL import Image
 
-from helpers import TINY, run_rdd
+from helpers import TINY_STAGE, run_rdd
 
 pytestmark = pytest.mark.slow  # every test here trains a model or starts torchrun
 
 
 def sweep_args(teacher, classifier, evalnet, small_fmnist, out):
-    return ["sweep", "--config", "configs/fmnist/distill.yaml", "--teacher", str(teacher), *TINY,
+    return ["sweep", "--config", "configs/fmnist/distill.yaml", "--teacher", str(teacher), *TINY_STAGE,
             "--set", f"data.root={small_fmnist}", "--set", f"classifier.checkpoint={classifier}",
             "--set", "distill.method=rdd", "--set", "distill.teacher_steps=4", "--set", "distill.iterations=[4]",
             "--set", "distill.queue_size=64", "--set", "distill.num_contrast=16", "--set", "distill.push_per_step=8",

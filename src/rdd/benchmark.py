@@ -69,17 +69,27 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None, 
     return bc
 
 
+# The command that reads each stage config: a key of the file itself that its command does not read is refused.
+STAGE_COMMANDS = {"teacher_config": "train", "classifier_config": "train-classifier", "evalnet_config": "train-evalnet",
+                  "distill_config": "progressive", "pd_config": "progressive"}
+
+
 def stage_configs(bc: BenchmarkConfig) -> dict[str, ExperimentConfig]:
-    """Every config the protocol reads, loaded with the benchmark's overrides: a bad one is refused here."""
-    keys = ["teacher_config", "classifier_config", "evalnet_config", "distill_config", "pd_config"]
+    """Every config the protocol reads, loaded with the benchmark's overrides: a bad one is refused here.
+    The overrides go to every stage (data.root=...), so only each file's own keys are checked against its command."""
     configs = {}
-    for key in keys:
+    for key, command in STAGE_COMMANDS.items():
         path = getattr(bc, key) or (bc.distill_config if key == "pd_config" else None)
         if path is not None:
             try:
+                load_config(path, command=command)
                 configs[key] = load_config(path, bc.overrides)
             except ConfigError as e:
                 raise ConfigError(f"benchmark {key}: {e}") from None
+    shape = {key: (cfg.data.dataset, cfg.data.channels, cfg.data.resolution) for key, cfg in configs.items()}
+    if shape["distill_config"] != shape["teacher_config"]:
+        raise ConfigError(f"distill_config's data {shape['distill_config']} is not the teacher's {shape['teacher_config']} "
+                          "(data set, channels, resolution); make the two configs name the same data")
     return configs
 
 

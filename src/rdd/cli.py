@@ -20,13 +20,13 @@ def cmd_train(args) -> None:
     from rdd.training import train_base_model
 
     ctx = init_distributed()
-    train_base_model(load_config(args.config, args.overrides), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
+    train_base_model(load_config(args.config, args.overrides, "train"), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
         print(f"wrote {Path(args.out) / 'model.pt'} and {Path(args.out) / 'samples.png'}")
 
 
 def _distill_config(args):
-    from rdd.config import load_config
+    from rdd.distill import load_stage_config
     from rdd.registry import check_method
 
     overrides = list(args.overrides)
@@ -35,8 +35,8 @@ def _distill_config(args):
         if asked and asked[-1] != args.method:
             raise RddError(f"--method {args.method} and --set distill.method={asked[-1]} disagree; pass one of them")
         overrides.append(f"distill.method={args.method}")
-    cfg = load_config(args.config, overrides)
-    check_method(cfg.distill.method)  # before the teacher loads; a plugin's method is known by now
+    cfg = load_stage_config(args.config, overrides, args.teacher, args.command)
+    check_method(cfg.distill.method)  # a plugin's method is known by now
     return cfg
 
 
@@ -67,7 +67,7 @@ def cmd_train_classifier(args) -> None:
     from rdd.config import load_config
     from rdd.distributed import init_distributed
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, "train-classifier")
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -148,7 +148,7 @@ def cmd_train_evalnet(args) -> None:
     from rdd.distributed import init_distributed
     from rdd.metrics import EVALNET_SEED_OFFSET
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, "train-evalnet")
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
@@ -203,16 +203,21 @@ def cmd_demo(args) -> None:
 
 
 GRID_TILE = 64  # `rdd sample` upscales smaller images to tiles of at least this many pixels
+# A --set example each command reads (a key it does not read is refused: docs/data.md).
+SET_EXAMPLES = {"train": "train.iterations=100 train.lr=1e-3", "train-classifier": "classifier.epochs=5 classifier.lr=0.05",
+                "train-evalnet": "classifier.epochs=5 classifier.lr=0.05", "benchmark": "eval_samples=2000 ablation_seeds=[0]"}
+STAGE_SET_EXAMPLE = "distill.iterations=[100] train.lr=1e-3"
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
+def _add_overrides(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.iterations=100 train.lr=1e-3 (repeatable)")
+                   help=f"override config values, e.g. --set {SET_EXAMPLES.get(command, STAGE_SET_EXAMPLE)} (repeatable; "
+                        "a key this command does not read is refused)")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--config", help="experiment YAML under configs/")
-    _add_overrides(p)
+    _add_overrides(p, command)
 
 
 def bounded_int(low: int, high: int):
@@ -263,7 +268,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _add_training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a base (teacher) diffusion model")
-    _add_config_args(p)
+    _add_config_args(p, "train")
     p.add_argument("--out", required=True, help="run folder: checkpoints, grids, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start over")
@@ -272,7 +277,7 @@ def _add_training_commands(sub) -> None:
     for name, func, text in [("distill", cmd_distill, "distil one stage: an N-step teacher into an N/2-step student"),
                              ("progressive", cmd_progressive, "distil a chain N -> N/2 -> ... -> --to, resuming finished stages")]:
         p = sub.add_parser(name, help=text)
-        _add_config_args(p)
+        _add_config_args(p, name)
         p.add_argument("--teacher", required=True,
                        help="model.pt of the teacher (a base model or a student), or a diffusers folder (docs/diffusers.md)")
         p.add_argument("--method", help=f"the loss terms to distil with: {', '.join(METHODS)} or a plugin's "
@@ -290,7 +295,7 @@ def _add_training_commands(sub) -> None:
             ("train-classifier", cmd_train_classifier, "classifier", "train the frozen feature classifier of RCFD/RDD"),
             ("train-evalnet", cmd_train_evalnet, "evalnet", "train the independent evaluation network of the domain FD metric")]:
         p = sub.add_parser(name, help=text)
-        _add_config_args(p)
+        _add_config_args(p, name)
         p.add_argument("--out", required=True, help=f"run folder: {kind}.pt, {kind}-metrics.jsonl, {kind}-state.pt")
         p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
         p.add_argument("--overwrite", action="store_true", help=f"delete the {kind} run already in --out and start over")
@@ -302,7 +307,7 @@ def _add_sweep_command(sub) -> None:
                        description="Example: rdd sweep --config configs/fmnist/distill.yaml --teacher assets/fmnist/two_step.pt "
                                    "--grid distill.beta=0.01,0.1 --grid distill.tau_m=0.1,0.4 --seeds 0,1,2 --out runs/sweep")
     p.add_argument("--config", help="distillation YAML (the base of every run)")
-    _add_overrides(p)
+    _add_overrides(p, "sweep")
     p.add_argument("--teacher", required=True, help="model.pt of the teacher")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a swept key and its values (repeatable; 'method' sweeps distill.method)")
@@ -367,7 +372,7 @@ def _add_page_commands(sub) -> None:
 
     p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
     p.add_argument("config", help="benchmark YAML, e.g. configs/fmnist/benchmark.yaml")
-    _add_overrides(p)
+    _add_overrides(p, "benchmark")
     p.add_argument("--out", help="run folder (default: the config's out)")
     p.add_argument("--results", help="folder for RESULTS.md, results.json, grids and curves (default: OUT/results)")
     p.add_argument("--dry-run", action="store_true",
@@ -379,7 +384,7 @@ def _add_page_commands(sub) -> None:
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--assets", help="folder of the shipped models and their SHA256SUMS (default: the repository's assets/fmnist)")
-    _add_overrides(p)
+    _add_overrides(p, "demo")
     p.set_defaults(func=cmd_demo)
 
 

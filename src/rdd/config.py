@@ -38,7 +38,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet64
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet64 | folder (your images in `root`, docs/data.md)
     root: str | None = None  # folder of the data set; None uses the default location
     resolution: int = 16
     resize: str = "bilinear"  # bilinear | pad: how a smaller image reaches `resolution`
@@ -363,11 +363,94 @@ def read_yaml_config(path: str | Path, seen: tuple = ()) -> dict:
     return _merge(read_yaml_config(path.parent / base, seen + (path.resolve(),)), data)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config at `path` with `overrides`; its `plugins` are imported before the rest is read, so the
-    terms and methods they register are known to it."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, command: str | None = None,
+                defaults: dict | None = None) -> ExperimentConfig:
+    """The config at `path` (and its `base:` chain) with `overrides` applied over `defaults`. Its `plugins` are
+    imported before the rest is read, so the terms and methods they register are known to it. With `command`,
+    a key of the file itself or of `overrides` that the command does not read is refused (COMMAND_READS)."""
     from rdd.plugins import load_plugins
 
-    data = apply_overrides(read_yaml_config(path) if path is not None else {}, overrides or [])
+    data = apply_overrides(_merge(defaults or {}, read_yaml_config(path) if path is not None else {}), overrides or [])
     load_plugins(_coerce(data.get("plugins", []), list[str], "plugins"))
-    return from_dict(data)
+    cfg = from_dict(data)
+    if command is not None:
+        own = {key: f"in '{path}'" for key in flatten(_file_mapping(path))} if path is not None else {}
+        check_read(command, {**own, **{key: "on the command line" for key in flatten(apply_overrides({}, overrides or []))}})
+    return cfg
+
+
+# What each command reads: (sections or section.field it reads, those of them it does not). A stage copies its
+# teacher's network (only model.dropout is its own), trains for distill.iterations and draws its grids at the
+# student's own step count; `eval` is kept in the model it writes, as the defaults of a later `rdd eval`.
+_CLASSIFIER_READS = (("data", "classifier"), ("classifier.checkpoint",))
+_STAGE_READS = (("model.dropout", "data", "train", "classifier.checkpoint", "distill", "eval"),
+                ("train.iterations", "train.sample_steps"))
+_STAGE_COMMANDS = ("distill", "progressive", "sweep", "demo")
+COMMAND_READS = {"train": (("model", "data", "train", "eval"), ()),
+                 "train-classifier": _CLASSIFIER_READS, "train-evalnet": _CLASSIFIER_READS,
+                 **{command: _STAGE_READS for command in _STAGE_COMMANDS}}
+_WHY_NOT_READ = {**{command: {"model": "the student is a copy of its teacher's network",
+                              "train.sample_steps": "a stage draws its grids at the student's own step count",
+                              "classifier": "the classifier is trained by rdd train-classifier"}
+                    for command in _STAGE_COMMANDS},
+                 **{command: {"classifier.checkpoint": "the classifier is written to --out"}
+                    for command in ("train-classifier", "train-evalnet")}}
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def reads(command: str, key: str) -> bool:
+    """Whether `command` reads the config key `key` (e.g. train.iterations); `name` labels every run."""
+    included, excluded = COMMAND_READS[command]
+    return key == "name" or (any(_under(key, p) for p in included) and not any(_under(key, p) for p in excluded))
+
+
+def used_config(config: dict, command: str) -> dict:
+    """The part of a config mapping (to_dict) that a run of `command` used: what it reads, and the network it
+    trains (a stage's is its teacher's). What a run record keeps."""
+    used = {}
+    for key, value in flatten(config).items():
+        if reads(command, key) or (command in _STAGE_COMMANDS and _under(key, "model")):
+            *sections, last = key.split(".")
+            node = used
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[last] = value
+    return used
+
+
+def check_read(command: str, given: dict[str, str]) -> None:
+    """Refuse a key the user gave ({key: where}) that `command` does not read, naming the key it probably meant."""
+    fields = flatten(to_dict(ExperimentConfig()))
+    for key, where in given.items():
+        if reads(command, key):
+            continue
+        section, _, name = key.partition(".")
+        same_name = [k for k in fields if reads(command, k) and "." in k and k.split(".", 1)[1] == name.split(".")[0]]
+        in_section = [k for k in fields if reads(command, k) and _under(k, section)]
+        why = next((f" ({text})" for prefix, text in _WHY_NOT_READ.get(command, {}).items() if _under(key, prefix)), "")
+        hint = (f"did you mean {same_name[0]}?" if same_name else
+                f"of the {section} section it reads only {', '.join(in_section)}{why}; remove {key}" if 0 < len(in_section) <= 3
+                else f"it reads no {section} settings; remove {key}" if not in_section else f"remove {key}{why}")
+        raise ConfigError(f"rdd {command} does not read {key} ({where}), so it would be ignored; {hint}")
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested mapping."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _file_mapping(path: str | Path) -> dict:
+    """The settings written in the file itself, without those it inherits through `base:` (read_yaml_config
+    has checked the file)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data.pop("base", None)
+    return data

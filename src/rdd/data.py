@@ -2,11 +2,14 @@
 
 Fashion-MNIST comes from the Debian package `dataset-fashion-mnist` (IDX files) with
 torchvision's downloader as the fallback; CIFAR-10 through torchvision from a user's folder;
-ImageNet 64x64 from an image folder whose sub-folders are the classes.
+ImageNet 64x64 from an image folder whose sub-folders are the classes; `folder`, any folder of
+images, decoded once into a cached uint8 copy (docs/data.md).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -16,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.config import DataConfig
 from rdd.errors import RddError
+from rdd.files import cache_dir
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -213,14 +218,162 @@ def imagenet64(cfg: DataConfig, split: str) -> Dataset:
     return _TorchvisionImages(ImageFolder(str(folder)), cfg.resolution)
 
 
-DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet64": imagenet64}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+UNREADABLE_LIMIT = 0.01  # a folder with more unreadable images than this share is refused, not skipped
+GREY_SPREAD = 2  # an image whose channels differ by at most this (JPEG noise) is grey
+FOLDER_CACHE_VERSION = 1  # part of the cache key: bump when decoding changes
+
+
+def folder_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The images under `root` (sorted; hidden files and folders skipped), their labels and the class names.
+    As in torchvision's ImageFolder, the sub-folders of `root` are the classes when every image lies in one;
+    an image at the top level makes the folder unlabelled (every label 0, no class names)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise RddError(f"data.root '{root}' holds no PNG, JPEG or WebP images (its sub-folders searched too); "
+                       "point data.root at a folder of images")
+    tops = [p.relative_to(root).parts for p in files]
+    if any(len(parts) == 1 for parts in tops):
+        return files, [0] * len(files), []
+    classes = sorted({parts[0] for parts in tops})
+    index = {name: i for i, name in enumerate(classes)}
+    return files, [index[parts[0]] for parts in tops], classes
+
+
+def _decode(path: Path, resolution: int) -> np.ndarray:
+    """One image as (resolution, resolution, 3) uint8 RGB: turned upright, resized on its shorter side and
+    center-cropped; 16-bit grey scaled to 8 bits; an alpha channel is dropped."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale when it is larger
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+        image = ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+
+def _folder_cache_path(cfg: DataConfig, root: Path, files: list[Path]) -> Path:
+    """The cached copy's file, keyed by the folder's file list, sizes and modification times and the settings."""
+    h = hashlib.sha256(f"{FOLDER_CACHE_VERSION}|{root.resolve()}|{cfg.resolution}|{cfg.channels}".encode())
+    for path in files:
+        stat = path.stat()
+        h.update(f"|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return cache_dir() / "folders" / f"{root.name}-{h.hexdigest()[:16]}.pt"
+
+
+def folder_stamp(cfg: DataConfig) -> str:
+    """What identifies a folder data set's images: its cached copy's key (file list, sizes, times, settings)."""
+    root = _folder_root(cfg)
+    return _folder_cache_path(cfg, root, folder_images(root)[0]).stem
+
+
+def _decode_folder(cfg: DataConfig, root: Path, files: list[Path], labels: list[int]) -> dict:
+    """Every readable image, in the data's channels, in a fixed shuffled order (data.holdout's last images are
+    then a random draw across classes); refuses a folder with too many unreadable images or colour read as grey."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    images, kept, failed = [], [], []
+    quiet = len(files) < 1000 or not _main_process()
+    for i, path in enumerate(tqdm(files, desc=f"decoding {root}", disable=quiet, leave=False)):
+        try:
+            images.append(_decode(path, cfg.resolution))
+            kept.append(i)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # damaged, unknown or huge files
+            failed.append(f"'{path}': {type(e).__name__}: {' '.join(str(e).split())[:120]}")
+    if len(failed) > UNREADABLE_LIMIT * len(files):
+        raise RddError(f"{len(failed)} of {len(files)} images in data.root '{root}' cannot be read (e.g. {failed[0]}); "
+                       f"fix or remove them (up to {UNREADABLE_LIMIT:.0%} are skipped)")
+    rgb = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    spread = (rgb.amax(1).int() - rgb.amin(1).int()).flatten(1).amax(1)
+    colour = int((spread > GREY_SPREAD).sum())
+    if cfg.channels == 1 and colour:
+        raise RddError(f"{colour} of {len(rgb)} images in data.root '{root}' are in colour but data.channels is 1; "
+                       "set data.channels=3, or convert the images to grey yourself if grey is meant")
+    if cfg.channels == 1:  # every image is grey: its channels agree up to JPEG noise
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        rgb = rgb.float().mul(luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    order = torch.randperm(len(rgb), generator=torch.Generator().manual_seed(0))
+    return {"images": rgb[order].contiguous(), "labels": torch.tensor(labels)[kept][order], "skipped": failed,
+            "grey_as_rgb": (len(rgb) - colour) if cfg.channels == 3 else 0}
+
+
+class DecodedImages(Dataset):
+    """(N, C, H, W) uint8 images and their labels as (image in [-1, 1], label), converted one at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].float().div(127.5).sub(1.0), self.labels[i]
+
+
+def _folder_root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise RddError("data.dataset=folder needs data.root: a folder of PNG, JPEG or WebP images (docs/data.md)")
+    if not Path(cfg.root).is_dir():
+        raise RddError(f"data.root '{cfg.root}' is not a folder; point it at a folder of PNG, JPEG or WebP images")
+    return Path(cfg.root)
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun every process reads the folder; one speaks
+
+
+def image_folder(cfg: DataConfig, split: str) -> Dataset:
+    """`data.root`'s images at data.resolution and data.channels, from the cached decoded copy (made on first use).
+    A folder has one pool of images: data.holdout sets aside the val split, which serves as its test split too."""
+    if split == "test":
+        if not cfg.holdout:
+            raise RddError(f"data.root '{cfg.root}' is one pool of images with no test split; set data.holdout=N to "
+                           "hold out N of them for evaluation")
+        return load_dataset(cfg, "val")
+    if cfg.resize != "bilinear":
+        raise RddError(f"data.resize={cfg.resize} pads Fashion-MNIST's small images; a folder's images are resized "
+                       "and center-cropped: leave data.resize at bilinear")
+    root = _folder_root(cfg)
+    files, labels, classes = folder_images(root)
+    cache = _folder_cache_path(cfg, root, files)
+    if cache.is_file():
+        state = load_checkpoint(cache)
+    else:
+        state = {**_decode_folder(cfg, root, files, labels), "classes": classes}
+        save_checkpoint(state, cache)
+        if _main_process():
+            print(folder_summary(root, state, cache))
+    return DecodedImages(state["images"], state["labels"])
+
+
+def folder_summary(root: Path, state: dict, cache: Path) -> str:
+    """What reading a folder did, in one line."""
+    n, skipped, classes = len(state["images"]), state["skipped"], state["classes"]
+    parts = [f"folder '{root}': {n} images", f"{len(classes)} classes" if classes else "unlabelled",
+             "x".join(map(str, state["images"].shape[1:])), f"decoded once into {cache}"]
+    if state["grey_as_rgb"]:
+        parts.append(f"{state['grey_as_rgb']} grey images copied to 3 channels")
+    if skipped:
+        parts.append(f"{len(skipped)} unreadable skipped (e.g. {skipped[0]})")
+    return "; ".join(parts)
+
+
+DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet64": imagenet64, "folder": image_folder}
 CLASS_COUNTS = {"fashion_mnist": 10, "cifar10": 10, "imagenet64": 1000}
+NATIVE_CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "imagenet64": 3}  # a folder is read in data.channels
 
 
 def class_count(cfg: DataConfig) -> int:
-    """How many labels the data set has (a classifier's outputs, a conditional model's largest class count)."""
+    """How many labels the data set has (a classifier's outputs, a conditional model's largest class count);
+    an unlabelled folder has one."""
+    if cfg.dataset == "folder":
+        return len(folder_images(_folder_root(cfg))[2]) or 1
     if cfg.dataset not in CLASS_COUNTS:
-        raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(CLASS_COUNTS)}")
+        raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
     return CLASS_COUNTS[cfg.dataset]
 
 

@@ -47,7 +47,7 @@ DEMO_METHODS = ("pd", "rcfd", "rdd")  # RCFD beside RDD: the study (benchmarks/f
 def train_small_teacher(out: Path, overrides: list[str]) -> None:
     from rdd.training import train_base_model
 
-    cfg = load_config(ROOT / "configs" / "fmnist" / "teacher.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / "fmnist" / "teacher.yaml", overrides, "train")
     train_base_model(cfg, out / "teacher", init_distributed(), resume=True)
     print(f"no shipped models found: trained a small teacher instead; see {out / 'teacher' / 'samples.png'}")
 
@@ -68,7 +68,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     if missing:
         raise RddError(f"'{assets_dir / 'SHA256SUMS'}' lists no {', '.join(missing)}; restore it with git checkout -- {assets_dir}")
     ctx = init_distributed()
-    cfg = load_config(DEMO_CONFIG, overrides)
+    cfg = load_config(DEMO_CONFIG, overrides, "demo")
     cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(assets["classifier"]))
     students = {}
     for method in DEMO_METHODS:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from rdd.classifier_nets import FeatureClassifier, load_classifier
-from rdd.config import ExperimentConfig, per_stage
+from rdd.config import DataConfig, ExperimentConfig, apply_overrides, load_config, per_stage, read_yaml_config
+from rdd.data import NATIVE_CHANNELS, class_count
 from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
@@ -41,18 +42,49 @@ def teacher_step_count(meta: dict, cfg: ExperimentConfig, path) -> int:
     return own or asked
 
 
+def check_data_fits_teacher(data: DataConfig, teacher_cfg: ExperimentConfig, teacher_path) -> None:
+    """Refuse, before any work, data that is not of the teacher's kind: its image shape, colour and classes."""
+    t, classes = teacher_cfg.data, teacher_cfg.model.num_classes
+    if (data.channels, data.resolution) != (t.channels, t.resolution):
+        raise RddError(f"teacher '{teacher_path}' makes {t.channels}x{t.resolution}x{t.resolution} images but the data config "
+                       f"gives {data.channels}x{data.resolution}x{data.resolution} ({data.dataset}); set --set "
+                       f"data.channels={t.channels} data.resolution={t.resolution}, or use a config written for this teacher")
+    own_data = not teacher_cfg.model.diffusers and t.dataset == data.dataset
+    native = NATIVE_CHANNELS.get(data.dataset)
+    if native and native != data.channels and not own_data:
+        raise RddError(f"{data.dataset} has {native}-channel images but teacher '{teacher_path}' makes {t.channels}-channel "
+                       "ones; distil it on data of its kind: --set data.dataset=folder data.root=DIR (docs/data.md)")
+    if classes and class_count(data) != classes:
+        raise RddError(f"teacher '{teacher_path}' is conditioned on {classes} classes but {data.dataset} has "
+                       f"{class_count(data)}; distil it on data labelled with the teacher's {classes} classes")
+
+
 def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: str) -> ExperimentConfig:
-    """The student is the teacher's network: take its architecture and image shape, keep the rest.
-    A diffusers network keeps its schedule and reads its output as `reading` (rdd.networks.student_reading);
-    it trains on the config's data set, since a diffusers folder names none."""
+    """The student is the teacher's network: take its architecture, keep the rest (the data is checked to fit it).
+    A diffusers network keeps its schedule and reads its output as `reading` (rdd.networks.student_reading)."""
     model = dataclasses.replace(teacher_cfg.model, dropout=cfg.model.dropout)
-    dataset = teacher_cfg.data.dataset
     if model.diffusers:
         model.diffusers = {**model.diffusers, "prediction_type": reading}
-        dataset = cfg.data.dataset
-    data = dataclasses.replace(cfg.data, dataset=dataset, resolution=teacher_cfg.data.resolution,
-                               channels=teacher_cfg.data.channels)
-    return dataclasses.replace(cfg, model=model, data=data)
+    return dataclasses.replace(cfg, model=model)
+
+
+def load_stage_config(path, overrides: list[str], teacher_path, command: str) -> ExperimentConfig:
+    """A stage's config from the command line, every key checked for `command`. The data settings the config
+    and --set leave unnamed follow the teacher: an rdd teacher's data set (its folder and held-out images with
+    it), resolution and channels; a diffusers teacher's resolution and channels (a diffusers folder names no
+    data set, so the config must)."""
+    load_config(path, overrides, command)  # its errors come before the teacher is read
+    _, teacher_cfg, _ = load_diffusion_model(teacher_path)
+    named = apply_overrides(read_yaml_config(path) if path else {}, overrides).get("data") or {}
+    t = teacher_cfg.data
+    if teacher_cfg.model.diffusers and "dataset" not in named:
+        raise RddError(f"teacher '{teacher_path}' is a diffusers folder, which names no data set; name the data it "
+                       "learned from: --set data.dataset=folder data.root=DIR (docs/data.md), or a config that sets "
+                       "data.dataset, e.g. configs/fmnist/diffusers.yaml for a Fashion-MNIST teacher")
+    defaults = {"resolution": t.resolution, "channels": t.channels}
+    if not teacher_cfg.model.diffusers and "dataset" not in named:
+        defaults.update(dataset=t.dataset, root=t.root, holdout=t.holdout)
+    return load_config(path, overrides, defaults={"data": defaults})
 
 
 def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_index: int = 0, loaded=None) -> StagePlan:
@@ -66,6 +98,7 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
         raise RddError(f"distill.student_reading={asked}: rdd's own models predict x; the setting is for diffusers "
                        "teachers, leave it at auto")
     reading = student_reading(teacher, bool(teacher_meta.get("sampling_steps")), asked, cfg.distill.loss_weight)
+    check_data_fits_teacher(cfg.data, teacher_cfg, teacher_path)
     cfg = stage_config(cfg, teacher_cfg, reading["prediction_type"])
     require_classifier(cfg)
     return StagePlan(cfg, teacher, str(teacher_path), teacher_steps, per_stage(cfg.distill.iterations, stage_index),

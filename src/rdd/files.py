@@ -18,6 +18,13 @@ TEMP_PREFIX, TEMP_SUFFIX = ".rdd-tmp-", ".tmp"
 TEMP_GLOB = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"  # every temporary file of an atomic write, and nothing else
 
 
+def cache_dir() -> Path:
+    """rdd's cache folder: $RDD_CACHE, else $XDG_CACHE_HOME/rdd, else ~/.cache/rdd."""
+    if os.environ.get("RDD_CACHE"):
+        return Path(os.environ["RDD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rdd"
+
+
 def file_digest(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

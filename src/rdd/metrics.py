@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from tqdm.auto import tqdm
 
 from rdd.checkpoint import load_checkpoint
 from rdd.config import DataConfig
-from rdd.data import load_dataset
+from rdd.data import folder_stamp, load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
-from rdd.files import file_digest, write_atomic
+from rdd.files import cache_dir, file_digest, write_atomic
 from rdd.layout import ASSETS, CLASSIFIER_FILE, EVALNET_FILE, MODEL_FILE
 from rdd.sampling import to_uint8_nhwc
 
@@ -80,18 +79,13 @@ def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------
 # Cache stamps: a cache is reused only for the same network weights and data
 
-def cache_dir() -> Path:
-    """rdd's cache folder: $RDD_CACHE, else $XDG_CACHE_HOME/rdd, else ~/.cache/rdd."""
-    if os.environ.get("RDD_CACHE"):
-        return Path(os.environ["RDD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rdd"
-
-
 def reference_key(weights: str | Path, data: DataConfig, split: str = "test") -> str:
     """Checksum of the network + the data fields that change the reference images."""
     fields = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("num_workers", "hflip", "holdout")}
-    if split != "test":
+    if split != "test" or data.dataset == "folder":  # a folder's test split is its held-out images
         fields.update(split=split, holdout=data.holdout)
+    if data.dataset == "folder":  # its files, which may change under the same path
+        fields.update(files=folder_stamp(data))
     return hashlib.sha256(f"{file_digest(weights)}|{json.dumps(fields, sort_keys=True)}".encode()).hexdigest()[:16]
 
 

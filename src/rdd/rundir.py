@@ -1,8 +1,9 @@
 """Run folders that cannot be silently damaged: a manifest, a lock, and no stale temporary files.
 
 The manifest (`run.json`; `classifier-run.json` and so on for the other kinds of run, each with
-its own file names, rdd.layout.RUN_FILES) records what defines a run: the config, the method's meta
-(step counts, the stage's temperature) and the sha256 of every input file (teacher, classifier).
+its own file names, rdd.layout.RUN_FILES) records what defines a run: the config as the run used it
+(rdd.config.used_config), the method's meta (step counts, the stage's temperature) and the sha256 of
+every input file (teacher, classifier).
 A run folder is entered only under its lock, and only as its manifest allows: a new run refuses
 an existing one unless told to resume or to start over, and a resumed run refuses any changed
 defining setting.
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rdd.config import ExperimentConfig, to_dict
+from rdd.config import ExperimentConfig, flatten, to_dict, used_config
 from rdd.distributed import DistContext, broadcast_object
 from rdd.errors import RddError
 from rdd.files import digest
@@ -79,31 +80,24 @@ def run_files(m: dict) -> RunFiles:
 # a stage adds distill; a classifier is trained from the data and classifier sections.
 DEFINING_SECTIONS = {"train": ("model", "data", "train"), "distill": ("model", "data", "train", "distill"),
                      "classifier": ("data", "classifier"), "evalnet": ("data", "classifier")}
+KIND_COMMANDS = {"train": "train", "distill": "distill", "classifier": "train-classifier", "evalnet": "train-evalnet"}
 
 
 def manifest(cfg: ExperimentConfig, meta: dict, iterations: int) -> dict:
     """What run.json records; `defining_settings` picks from it what a resume must keep."""
     files = {key: {"path": str(meta[key]), "sha256": digest(meta[key])} for key in INPUT_FILES if meta.get(key)}
-    return {"kind": run_kind(meta), "config": to_dict(cfg), "meta": {k: v for k, v in meta.items() if k not in files},
-            "files": files, "iterations": iterations}
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    kind = run_kind(meta)
+    return {"kind": kind, "config": used_config(to_dict(cfg), KIND_COMMANDS[kind]),
+            "meta": {k: v for k, v in meta.items() if k not in files}, "files": files, "iterations": iterations}
 
 
 def defining_settings(m: dict) -> dict:
     """The flattened settings that must not change on resume."""
-    sections = DEFINING_SECTIONS[m.get("kind") or run_kind(m["meta"])]
-    settings = {k: v for k, v in _flatten(m["config"]).items()
-                if k.split(".")[0] in sections and k not in RESUMABLE}
-    settings.update(_flatten(m["meta"], "meta."))
+    kind = m.get("kind") or run_kind(m["meta"])
+    used = used_config(m["config"], KIND_COMMANDS[kind])  # a record from before used_config holds more
+    settings = {k: v for k, v in flatten(used).items()
+                if k.split(".")[0] in DEFINING_SECTIONS[kind] and k not in RESUMABLE}
+    settings.update(flatten(m["meta"], "meta."))
     settings.update({f"{name}.sha256": f["sha256"] for name, f in m["files"].items()})
     return settings
 

@@ -103,7 +103,7 @@ def run_config(spec: SweepSpec, run: RunSpec):
     """The run's config: base file and the run's overrides; validated here."""
     from rdd.config import load_config
 
-    return load_config(spec.config, run_overrides(spec, run))
+    return load_config(spec.config, run_overrides(spec, run), "sweep")
 
 
 def check_sweep(spec: SweepSpec) -> list[RunSpec]:
@@ -117,11 +117,16 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
         raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
+    from rdd.distill import check_data_fits_teacher
     from rdd.methods import require_classifier
+    from rdd.model_io import load_diffusion_model
 
+    _, teacher_cfg, _ = load_diffusion_model(spec.teacher)
     runs = expand(spec)
     for run in runs:
-        require_classifier(run_config(spec, run))
+        cfg = run_config(spec, run)
+        require_classifier(cfg)
+        check_data_fits_teacher(cfg.data, teacher_cfg, spec.teacher)
     return runs
 
 
