@@ -72,6 +72,6 @@ def test_train_writes_checkpoint_grid_and_metrics(tmp_path, tiny_args):
     run_rdd("sample", "--ckpt", str(out / "model.pt"), "--steps", "3", "--num", "9", "--out", str(grid), "--npz", str(tmp_path / "s.npz"))
     import numpy as np
     from PIL import Image
-    assert Image.open(grid).size == (3 * 17 + 1, 3 * 17 + 1)
+    assert Image.open(grid).size == (3 * (4 * 16 + 4) + 4,) * 2  # 16-px images drawn 4x: tiles of 64 px, 4-px padding
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8
