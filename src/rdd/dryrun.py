@@ -65,8 +65,9 @@ def peak_memory() -> dict:
 
 
 def parameter_count(state: dict, skip: tuple[str, ...] = ()) -> int:
+    """Floating-point entries of a state dict, BatchNorm's running statistics excluded (they are no parameters)."""
     return sum(v.numel() for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-               and not any(s in k for s in skip))
+               and not any(s in k for s in ("running_", *skip)))
 
 
 def folder_bytes(folders: list[Path]) -> int:
@@ -104,7 +105,7 @@ def weights_footprint(folders: list[Path]) -> dict:
     if (folder / files.state).is_file():
         found["state_bytes"] = (folder / files.state).stat().st_size
         objective = load_checkpoint(folder / files.state).get("objective") or {}
-        found["trainable"] = found.get("trainable", 0) + parameter_count(objective, ("queue", "running_", "num_batches"))
+        found["trainable"] = found.get("trainable", 0) + parameter_count(objective, ("queue",))
     return found
 
 
