@@ -297,7 +297,8 @@ def write_resume_inputs(scale: Scale, work: Path) -> None:
 
 
 def resume_overrides(scale: Scale, work: Path, procs: int) -> list[str]:
-    return [*scale.distill, "distill.method=rdd", f"distill.iterations=[{scale.resume_iterations}]",
+    teacher_data = [o for o in scale.cifar_model if o.startswith("data.")]  # the stage's data must fit its teacher
+    return [*scale.distill, *teacher_data, "distill.method=rdd", f"distill.iterations=[{scale.resume_iterations}]",
             f"train.ckpt_every={scale.resume_ckpt_every}", "train.log_every=1", "train.num_grid=8",
             f"train.batch_size={scale.batch * procs}", "data.dataset=imagenet64", f"data.root={work / 'images'}",
             "data.num_workers=0", f"classifier.checkpoint={work / 'classifier.pt'}"]

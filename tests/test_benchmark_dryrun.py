@@ -20,7 +20,8 @@ def tiny_protocol(tmp_path, **sections) -> str:
     by a small evaluation network (Inception-v3 takes a second an image here; test_eval covers the random one)."""
     def shrink(name, saved_as=None, **changes):
         data = read_yaml_config(ROOT / "configs" / "cifar10" / name)
-        for section, values in {**changes, "model": {"name": "tiny"}}.items():
+        network = {"model": {"name": "tiny"}} if name == "base.yaml" else {}  # a stage copies its teacher's network
+        for section, values in {**changes, **network}.items():
             data.setdefault(section, {}).update(values)
         path = tmp_path / (saved_as or name)
         path.write_text(yaml.safe_dump(data))

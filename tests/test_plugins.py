@@ -2,7 +2,7 @@
 method that every command then accepts, with no edit inside src/rdd."""
 import pytest
 
-from helpers import ROOT, TINY, error_line, run_cli, run_rdd
+from helpers import ROOT, TINY_STAGE, error_line, run_cli, run_rdd
 from rdd.metrics_log import read_metrics
 from rdd.plugins import plugins_in
 from rdd.registry import METHODS, TERMS
@@ -48,7 +48,7 @@ def test_a_plugin_that_fails_to_import_is_one_line_naming_the_file(capsys, tmp_p
 
 @pytest.mark.slow
 def test_a_term_and_method_from_a_plugin_train_a_stage_a_chain_and_a_report(teacher, classifier, small_fmnist, tmp_path):
-    common = ["--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", str(teacher), *TINY,
+    common = ["--config", str(ROOT / "configs/fmnist/distill.yaml"), "--teacher", str(teacher), *TINY_STAGE,
               "--set", f"data.root={small_fmnist}", f"classifier.checkpoint={classifier}", "distill.iterations=[3]",
               "distill.alpha=2.0", "train.batch_size=8"]
     run_rdd("distill", "--plugin", str(PLUGIN), *common, "distill.teacher_steps=2", "--method", "cfd_at",

@@ -402,9 +402,10 @@ def _under(key: str, prefix: str) -> bool:
 
 
 def reads(command: str, key: str) -> bool:
-    """Whether `command` reads the config key `key` (e.g. train.iterations); `name` labels every run."""
+    """Whether `command` reads the config key `key` (e.g. train.iterations); `name` labels every run and every
+    command imports the `plugins`."""
     included, excluded = COMMAND_READS[command]
-    return key == "name" or (any(_under(key, p) for p in included) and not any(_under(key, p) for p in excluded))
+    return key in ("name", "plugins") or (any(_under(key, p) for p in included) and not any(_under(key, p) for p in excluded))
 
 
 def used_config(config: dict, command: str) -> dict:
