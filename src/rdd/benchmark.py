@@ -7,15 +7,15 @@ FD/IS of every row, the teacher's training-free rows included. Finished stages a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdd.config import ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
+from rdd.config import MAX_STEPS, ConfigError, apply_overrides, build_dataclass, load_config, read_yaml_config
 from rdd.distributed import DistContext
-from rdd.files import write_json_atomic
+from rdd.files import read_json_record, write_json_atomic
 from rdd.layout import CLASSIFIER_FILE, MODEL_FILE, stage_model
+from rdd.rundir import is_finished
 
 
 @dataclass
@@ -78,6 +78,8 @@ def check_benchmark(bc: BenchmarkConfig) -> None:
     for key, value in counts.items():
         if value < 1:
             raise ConfigError(f"{key} is {value}; allowed: >= 1")
+        if "steps" in key and value > MAX_STEPS:  # sampler step counts, as `rdd sample --steps` allows
+            raise ConfigError(f"{key} is {value:,}; allowed: at most {MAX_STEPS:,} sampler steps")
     if bc.eval_samples < 2:
         raise ConfigError(f"eval_samples is {bc.eval_samples}; allowed: >= 2 (the Fréchet distance needs a covariance)")
     if bc.notes and not Path(bc.notes).is_file():
@@ -89,10 +91,11 @@ class Timings:
 
     def __init__(self, path: Path):
         self.path = path
-        self.values = json.loads(path.read_text()) if path.is_file() else {}
+        self.values = read_json_record(path, "timings record") if path.is_file() else {}
 
     def run(self, name: str, done: Path, fn):
-        if done.is_file():
+        # A run's model counts only once its run is finished (a kill after model.pt leaves it unfinished).
+        if done.is_file() and (done.name != MODEL_FILE or is_finished(done.parent)):
             print(f"[benchmark] {name}: done ({done})")
             return
         print(f"[benchmark] {name}: running")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rdd.errors import RddError
+from rdd.files import TEMP_PREFIX
 
 
 def _umask() -> int:
@@ -67,7 +68,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     state = {**state, DIGEST_KEY: content_digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -115,6 +116,12 @@ def require_keys(state: dict, keys: list[str], path: str | Path, kind: str) -> N
 
 def load_module_state(module: torch.nn.Module, weights: dict, path: str | Path, what: str) -> None:
     """load_state_dict with a one-line error when the checkpoint was made for another network."""
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise RddError(f"checkpoint '{path}': the {what} weights are not a mapping of names to tensors; use another copy")
+    floating = {k: v for k, v in weights.items() if v.is_floating_point() != module.state_dict().get(k, v).is_floating_point()}
+    if floating:
+        raise RddError(f"checkpoint '{path}': {what} tensor '{next(iter(floating))}' has dtype "
+                       f"{floating[next(iter(floating))].dtype}, of another kind than the network's; use another copy")
     try:
         result = module.load_state_dict(weights, strict=False)
         bad = list(result.missing_keys) + list(result.unexpected_keys)

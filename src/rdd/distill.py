@@ -7,7 +7,6 @@ stage is reused only when its run.json shows the same settings and teacher.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,12 @@ from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
 from rdd.fidelity import resolve_fidelity
-from rdd.files import write_json_atomic
+from rdd.files import read_json_record, write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
 from rdd.methods import DistillationObjective, check_terms, needs_classifier, require_classifier
 from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
-from rdd.rundir import check_same_run, manifest
+from rdd.rundir import check_same_run, is_finished, manifest
 from rdd.training import fit
 
 
@@ -92,6 +91,20 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
     return cfg, teacher, meta, per_stage(cfg.distill.iterations, stage_index)
 
 
+def check_classifier_fits(classifier: FeatureClassifier, cfg: ExperimentConfig, path: str) -> None:
+    """The classifier reads the teacher's images: its channels match, and an image of the teacher's size goes through."""
+    channels, size = cfg.data.channels, cfg.data.resolution
+    if classifier.features.conv0.in_channels != channels:
+        raise RddError(f"classifier.checkpoint '{path}' reads {classifier.features.conv0.in_channels}-channel images but the "
+                       f"teacher makes {channels}-channel ones; train a classifier on the teacher's data (rdd train-classifier)")
+    try:
+        with torch.no_grad():
+            classifier(torch.zeros(1, channels, size, size, device=next(classifier.parameters()).device))
+    except RuntimeError as e:
+        raise RddError(f"classifier.checkpoint '{path}' cannot read the teacher's {channels}x{size}x{size} images "
+                       f"({str(e).splitlines()[0][:120]}); train a classifier on the teacher's data") from None
+
+
 def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContext, stage_index: int = 0) -> Stage:
     cfg, teacher, meta, iterations = plan_stage(cfg, teacher_path, ctx.device, stage_index)
     check_terms(cfg.distill)
@@ -99,6 +112,8 @@ def build_stage(cfg: ExperimentConfig, teacher_path: str | Path, ctx: DistContex
     if classifier is not None and not isinstance(classifier, FeatureClassifier):
         raise RddError(f"classifier.checkpoint '{meta['classifier']}' is the evaluation network; distilling through it would "
                        "grade the student with its own teacher: pass the distillation classifier (rdd train-classifier)")
+    if classifier is not None:
+        check_classifier_fits(classifier, cfg, meta["classifier"])
     reading = meta["student_reading"]
     objective = DistillationObjective(cfg, teacher, meta["teacher_steps"], meta["tau_cfd"], classifier,
                                       reading["loss_weight"]).to(ctx.device)
@@ -130,12 +145,13 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
     summary_path = out_dir / "chain.json"
     summary = {"method": cfg.distill.method, "stages": {}}
     if summary_path.is_file() and not overwrite:
-        summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
+        stages = read_json_record(summary_path, "chain record").get("stages", {})
+        summary["stages"] = stages if isinstance(stages, dict) else {}
     models, teacher = [], Path(teacher_path)
     for index, steps in enumerate(chain[:-1]):
         folder = stage_dir(out_dir, steps)
         stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
-        if (folder / MODEL_FILE).is_file() and not overwrite:
+        if is_finished(folder) and not overwrite:
             planned, _, meta, iterations = plan_stage(stage_cfg, teacher, "cpu", index)
             check_same_run(folder, manifest(planned, meta, iterations), "finished stage")
             if ctx.is_main:

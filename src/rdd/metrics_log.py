@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
+
+from rdd.files import write_atomic, write_text_atomic
 
 
 class MetricsLog:
@@ -39,9 +40,7 @@ class MetricsLog:
             return
         text = self.path.read_bytes().decode("utf-8", errors="replace")
         lines = [line for line in text.splitlines() if (at := _step(line)) is not None and at <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps the old log whole
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in lines))  # a kill mid-write keeps the old log whole
 
     def close(self) -> None:
         if self.tb is not None:
@@ -69,6 +68,6 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
-    """Save images in [-1, 1] as a PNG grid."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(path), nrow=nrow, padding=1, pad_value=1.0)
+    """Save images in [-1, 1] as a PNG grid, atomically."""
+    write_atomic(path, lambda tmp: save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, str(tmp), nrow=nrow, padding=1,
+                                              pad_value=1.0))
