@@ -266,7 +266,10 @@ class Kit:
         (self.tmp / "runs" / "eval" / "a.json").write_text('{"fd": 123456.0, "is": 1.0}')
 
     def report_recomputed(self):
-        assert "123456" not in (self.tmp / "runs" / "report.md").read_text(), "a stale cached evaluation was reused"
+        import json
+        cached = json.loads((self.tmp / "runs" / "eval" / "a.json").read_text())
+        assert cached["fd"] != 123456.0 and "stamp" in cached, "a stale cached evaluation was reused"
+        assert "1.235e+05" not in (self.tmp / "runs" / "report.md").read_text()
 
     # --- YAML -------------------------------------------------------------------------------------
     def yaml_text(self, text: str, name: str = "c.yaml"):
