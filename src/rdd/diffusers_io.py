@@ -88,7 +88,7 @@ UNET_FIELDS = {"in_channels": _int_in(1, 64), "out_channels": _int_in(1, 64), "n
                "up_block_types": _list_of((lambda v: isinstance(v, str), "names"))}
 SCHEDULER_FIELDS = {"num_train_timesteps": _int_in(2, 100_000), "beta_start": _float_between(0, 1),
                     "beta_end": _float_between(0, 1), "beta_schedule": (lambda v: isinstance(v, str), "a name"),
-                    "prediction_type": _choice("epsilon", "v_prediction", "sample"),
+                    "prediction_type": _choice(*READINGS),
                     "trained_betas": _optional(_list_of(_float_between(0, 1.0000001))),
                     "rescale_betas_zero_snr": _choice(True, False)}
 COMPONENT = (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(x is None or isinstance(x, str) for x in v)),
