@@ -430,10 +430,15 @@ def train_diffusers_teacher(folder, data_root, prediction_type: str, iterations:
 @pytest.mark.slow
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers(prediction_type, small_fmnist, classifier, tmp_path):
-    teacher_dir = train_diffusers_teacher(tmp_path / "teacher", small_fmnist, prediction_type)
+    # Only the v teacher's test measures what training did (its student must halve its error; 150 teacher
+    # and 100 student iterations give 0.37 of the copy's error), so the eps teacher's checks (the reading,
+    # finite samples, exports) run on a short one.
+    trained = prediction_type == "v_prediction"
+    teacher_dir = train_diffusers_teacher(tmp_path / "teacher", small_fmnist, prediction_type, 150 if trained else 50)
     config = ROOT / "configs/fmnist/distill.yaml"
-    pd = load_config(config, DISTILL + [f"data.root={small_fmnist}", "distill.method=pd", "distill.iterations=[200, 20]",
-                                        "train.lr=1e-3", "train.ema_decay=0.99"])
+    pd = load_config(config, DISTILL + [f"data.root={small_fmnist}", "distill.method=pd",
+                                        f"distill.iterations=[{100 if trained else 20}, 20]", "train.lr=1e-3",
+                                        "train.ema_decay=0.99"])
     four, two = run_progressive(pd, teacher_dir, tmp_path / "pd", CPU)
     teacher, _, _ = load_diffusion_model(teacher_dir)
     student, student_cfg, meta = load_diffusion_model(four)
@@ -450,7 +455,8 @@ def test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers(predictio
     copy = (ddim_sample(teacher, noise, 4) - target).pow(2).mean()
     if prediction_type == "epsilon":
         # Read as eps, the copy is its teacher; training moves its samples away from the teacher's 8 steps
-        # (0.041 against the teacher's own 4 steps at 0.0094 here) while FD improves (docs/diffusers.md).
+        # (0.041 against the teacher's own 4 steps at 0.0094, measured with 400 teacher and 200 student
+        # iterations) while FD improves (docs/diffusers.md).
         assert start == copy and torch.isfinite(distilled)
     else:
         assert distilled < copy, (float(distilled), float(copy))  # closer to the teacher's 8 steps than its own 4
