@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/rdd demo --out demo
 
-test: $(STAMP)  # one pytest worker per core (tests write only to their own temporary folders)
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -n $${PYTEST_WORKERS:-2}
+# make test: one pytest worker per core (tests write only to their own temporary folders); a worker that runs
+# out of tests takes queued ones from the other (worksteal), and the slowest tests are listed at the end.
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -n $${PYTEST_WORKERS:-2} --dist worksteal --durations=20
 
 test-fast: $(STAMP)  # the unit layer: no test that trains a model or starts torchrun
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow"
