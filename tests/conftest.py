@@ -84,21 +84,3 @@ def teacher(small_fmnist, run_dir):
         run_rdd("train", *TINY, "--set", f"data.root={small_fmnist}", "--set", "train.iterations=150",
                 "--set", "train.lr=1e-3", "--set", "train.ckpt_every=1000", "--out", str(out))
     return built_once(run_dir, "teacher", build) / "model.pt"
-
-
-# The longest tests (`make test` lists them), started first: the short ones then fill both workers at the
-# end instead of one worker finishing a long test alone.
-LONGEST_FIRST = (
-    "tests/test_diffusers_interop.py::test_distil_a_diffusers_teacher_and_load_its_students_in_diffusers",
-    "tests/test_gpu_script.py::test_gpu_script_smoke_measures_every_part",
-    "tests/test_torchrun.py::test_a_killed_classifier_under_torchrun_resumes_to_the_weights_of_an_uninterrupted_run",
-    "tests/test_sweep.py::test_sweep_grid_seeds_outputs_and_resume",
-    "tests/test_benchmark_dryrun.py::test_dry_run_runs_every_stage_of_the_cifar10_protocol_and_reports_table_1",
-    "tests/test_benchmark.py::test_benchmark_runs_every_stage_and_writes_results",
-    "tests/test_repeatability.py::test_the_same_rdd_command_twice_gives_the_same_weights_head_and_queue",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("[")[0], len(rank)))  # stable: the rest keep their order
