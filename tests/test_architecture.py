@@ -80,7 +80,7 @@ def test_no_import_cycle_between_modules_function_level_imports_included():
 LAYERS = [["cli"], ["benchmark", "sweep", "demo", "report"], ["distill", "methods"], ["training", "rundir", "classifier", "dryrun"],
           ["metrics", "sampling"], ["model_io", "diffusers_io", "diffusers_pipeline"], ["losses"],
           ["networks", "classifier_nets", "diffusion", "baselines", "data", "distributed"],
-          ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "plugins", "fidelity", "errors"]]
+          ["checkpoint", "files", "metrics_log", "tables", "layout"], ["registry", "config", "plugins", "fidelity", "strict_yaml", "limits", "errors"]]
 
 
 def test_modules_import_only_downwards_as_the_readme_lays_them_out():

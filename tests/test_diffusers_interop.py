@@ -242,7 +242,7 @@ def test_folders_that_are_not_usable_models_fail_in_one_line(tmp_path):
                 "betas": r"\(DDIMScheduler\) has beta_schedule 'cubic'.*valid values: linear, scaled_linear, squaredcos_cap_v2",
                 "variance-exploding": r"\(ScoreSdeVeScheduler\) is a variance-exploding scheduler",
                 "flow": r"\(FlowMatchEulerDiscreteScheduler\) is a flow-matching scheduler",
-                "prediction": "prediction_type 'flow_prediction'", "latent-folder": "latent", "latent-bare": "latent",
+                "prediction": "field 'prediction_type' is 'flow_prediction'; allowed", "latent-folder": "latent", "latent-bare": "latent",
                 "variance": "output channels"}
     for name, damage in cases.items():
         folder = tmp_path / name

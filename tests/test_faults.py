@@ -14,6 +14,7 @@ from rdd.config import load_config
 from rdd.distill import run_progressive
 from rdd.distributed import DistContext
 from rdd.errors import RddError
+from rdd.files import temporary_path
 from rdd.model_io import export_model, load_diffusion_model
 from rdd.rundir import RunLock
 
@@ -128,11 +129,16 @@ def test_temporary_files_left_by_a_kill_are_removed_on_the_next_start(capsys, tm
     args = [*train_args, "--set", "train.iterations=2", "--out", out]
     assert run_cli(capsys, *args)[0] == 0
     (out / "snapshots").mkdir()
-    stale = [out / ".train_state.pt.k1ll3d.tmp", out / ".run.json.4242.tmp", out / "snapshots" / ".model-0000001.pt.x.tmp"]
+    stale = [temporary_path(out / "train_state.pt"), temporary_path(out / "run.json"),
+             temporary_path(out / "snapshots" / "model-0000001.pt")]
     for path in stale:
         path.write_bytes(b"half a file")
+    mine = [out / ".run.json.4242.tmp", out / "notes.tmp", out / "snapshots" / ".draft.tmp"]  # names a user may choose
+    for path in mine:
+        path.write_bytes(b"a user's file")
     assert run_cli(capsys, *args, "--resume", "--set", "train.iterations=3")[0] == 0
-    assert not any(p.exists() for p in stale) and not list(out.rglob("*.tmp"))
+    assert not any(p.exists() for p in stale) and not list(out.rglob(".rdd-tmp-*"))
+    assert all(p.read_bytes() == b"a user's file" for p in mine)
 
 
 @pytest.mark.slow

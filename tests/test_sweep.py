@@ -41,6 +41,12 @@ def test_sweep_grid_seeds_outputs_and_resume(teacher, classifier, evalnet, small
     second = run_rdd(*sweep_args(teacher, classifier, evalnet, small_fmnist, out))
     assert "8 runs, 8 done, 0 to run" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == before
+    # Other evaluation settings: every run is evaluated again (its training is reused), never mixed with the old numbers.
+    args = sweep_args(teacher, classifier, evalnet, small_fmnist, out)
+    args[args.index("--eval-samples") + 1], args[args.index("--seeds") + 1] = "32", "0"
+    assert "4 runs, 0 done, 4 to run" in run_rdd(*args).stdout
+    third = json.loads((out / "sweep.json").read_text())["results"]
+    assert len(third) == 4 and all(r["eval_samples"] == 32 and r["eval_stamp"]["samples"] == 32 for r in third)
 
 
 def test_sweep_bad_grid_is_one_line(teacher, tmp_path):

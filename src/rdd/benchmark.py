@@ -9,16 +9,16 @@ Finished stages are skipped; a base model or classifier named in the config is u
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdd.config import ConfigError, ExperimentConfig, apply_overrides, build_dataclass, load_config, read_yaml_config
+from rdd.config import MAX_STEPS, ConfigError, ExperimentConfig, apply_overrides, build_dataclass, load_config, read_yaml_config
 from rdd.distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from rdd.dryrun import DryRunConfig
-from rdd.files import write_json_atomic
+from rdd.files import read_json_record, write_json_atomic
 from rdd.layout import CLASSIFIER_FILE, MODEL_FILE, stage_model
+from rdd.rundir import is_finished
 
 STAGE_SECTIONS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name"}  # --set keys every stage's config takes
 
@@ -137,6 +137,8 @@ def check_benchmark(bc: BenchmarkConfig, dry_run: bool = False) -> None:
     for key, value in counts.items():
         if value < 1:
             raise ConfigError(f"{key} is {value}; allowed: >= 1")
+        if "steps" in key and value > MAX_STEPS:  # sampler step counts, as `rdd sample --steps` allows
+            raise ConfigError(f"{key} is {value:,}; allowed: at most {MAX_STEPS:,} sampler steps")
     for key, value in (("eval_samples", bc.eval_samples), ("dry_run.eval_samples", bc.dry_run.eval_samples)):
         if value < 10:
             raise ConfigError(f"{key} is {value}; allowed: >= 10 (IS averages over 10 splits, FD needs a covariance)")
@@ -154,15 +156,17 @@ class StageLog:
 
     def __init__(self, out: Path, ctx: DistContext, footprint: bool):
         self.out, self.ctx, self.footprint = out, ctx, footprint
-        self.timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
-        self.stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").is_file() else {}
+        self.timings = read_json_record(out / "timings.json", "timings record") if (out / "timings.json").is_file() else {}
+        self.stages = read_json_record(out / "stages.json", "stages record") if (out / "stages.json").is_file() else {}
 
     def run(self, name: str, done: Path, fn, folders: tuple[Path, ...] = (), collective: bool = True,
             keep: Path | None = None) -> None:
         """`fn` makes `done`; `collective`: every process runs it (rank 0 decides whether it is needed)."""
         from rdd import dryrun
 
-        finished = broadcast_object(done.is_file()) if collective else done.is_file()
+        # A run's model counts only once its run is finished (a kill after model.pt leaves it unfinished).
+        here = done.is_file() and (done.name != MODEL_FILE or is_finished(done.parent))
+        finished = broadcast_object(here) if collective else here
         if finished:
             if self.ctx.is_main:
                 print(f"[benchmark] {name}: done ({done})")

@@ -95,6 +95,12 @@ def require_keys(state: dict, keys: list[str], path: str | Path, kind: str) -> N
 
 def load_module_state(module: torch.nn.Module, weights: dict, path: str | Path, what: str) -> None:
     """load_state_dict with a one-line error when the checkpoint was made for another network."""
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise RddError(f"checkpoint '{path}': the {what} weights are not a mapping of names to tensors; use another copy")
+    floating = {k: v for k, v in weights.items() if v.is_floating_point() != module.state_dict().get(k, v).is_floating_point()}
+    if floating:
+        raise RddError(f"checkpoint '{path}': {what} tensor '{next(iter(floating))}' has dtype "
+                       f"{floating[next(iter(floating))].dtype}, of another kind than the network's; use another copy")
     try:
         result = module.load_state_dict(weights, strict=False)
         bad = list(result.missing_keys) + list(result.unexpected_keys)

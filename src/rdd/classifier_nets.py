@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import DenseNet
 
-from rdd.checkpoint import load_checkpoint, load_module_state
+from rdd.checkpoint import load_checkpoint, load_module_state, require_keys
 from rdd.errors import RddError
 
 
@@ -131,7 +131,12 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", arch: 
                            "pass one written by `rdd train-classifier`")
         if arch is not None and arch != state["arch"]:
             raise RddError(f"checkpoint '{path}' holds a '{state['arch']}' classifier, not '{arch}'")
+        require_keys(state, ["arch", "in_channels", "num_classes", "model"], path, "classifier")
         arch, in_channels, num_classes, weights = state["arch"], state["in_channels"], state["num_classes"], state["model"]
+        bad = next((k for k in ("in_channels", "num_classes") if not isinstance(state[k], int) or not 1 <= state[k] <= 100_000), None)
+        if arch not in ARCHS or bad:
+            field = f"'{bad}' is {state[bad]!r}" if bad else f"'arch' is {arch!r}"
+            raise RddError(f"classifier checkpoint '{path}': field {field}, not what rdd writes; use another copy")
         stem = state.get("stem", "bare")
     else:
         if arch is None or in_channels is None:

@@ -17,8 +17,11 @@ from rdd.registry import METHODS, SAMPLERS
 def cmd_train(args) -> None:
     from rdd.config import load_config
     from rdd.distributed import init_distributed
+    from rdd.rundir import require_run_to_resume
     from rdd.training import train_base_model
 
+    if args.resume:
+        require_run_to_resume(args.out)
     ctx = init_distributed()
     train_base_model(load_config(args.config, args.overrides, "train"), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -41,10 +44,15 @@ def _distill_config(args):
 
 
 def cmd_distill(args) -> None:
-    from rdd.distill import run_stage
+    from rdd.distill import per_stage, run_stage
     from rdd.distributed import init_distributed
+    from rdd.rundir import require_run_to_resume
+    from rdd.training import check_snapshot_at
 
     cfg = _distill_config(args)
+    check_snapshot_at(cfg, per_stage(cfg.distill.iterations, args.stage))
+    if args.resume:
+        require_run_to_resume(args.out)
     ctx = init_distributed()
     run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume, overwrite=args.overwrite)
 
@@ -66,8 +74,12 @@ def cmd_train_classifier(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
     from rdd.distributed import init_distributed
+    from rdd.layout import RUN_FILES
+    from rdd.rundir import require_run_to_resume
 
     cfg = load_config(args.config, args.overrides, "train-classifier")
+    if args.resume:
+        require_run_to_resume(args.out, RUN_FILES["classifier"])
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -89,6 +101,8 @@ def cmd_sample(args) -> None:
     import numpy as np
 
     from rdd.distributed import default_device
+    from rdd.files import write_atomic
+    from rdd.limits import check_disk
     from rdd.metrics_log import save_grid
     from rdd.model_io import load_diffusion_model
     from rdd.rundir import check_output_path
@@ -102,12 +116,14 @@ def cmd_sample(args) -> None:
         raise RddError(f"--batch-size {args.batch_size}: use at least 1")
     for path, flag, suffixes in ((args.out, "--out", GRID_SUFFIXES), (args.npz, "--npz", (".npz",))):
         if path:
-            check_output_path(path, flag, {"checkpoint": args.ckpt})
+            check_output_path(path, flag, {"checkpoint": args.ckpt}, args.overwrite)
             if Path(path).suffix.lower() not in suffixes:
                 raise RddError(f"{flag} '{path}' has an unknown extension; end it in {' or '.join(suffixes)}")
     device = default_device()
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)
+    if args.npz:
+        check_disk(args.npz, args.num * cfg.data.resolution ** 2 * 3, "--npz")
     images, labels = generate_labelled(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device,
                                        class_label=args.class_label)
     if args.out:
@@ -115,9 +131,8 @@ def cmd_sample(args) -> None:
         save_grid(images[:256], args.out, nrow=int(np.ceil(np.sqrt(min(len(images), 256)))), scale=scale)
         print(f"wrote {args.out} ({scale}x)")
     if args.npz:
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
         arrays = {"images": to_uint8_nhwc(images), **({"labels": labels.numpy()} if labels is not None else {})}
-        np.savez_compressed(args.npz, **arrays)
+        write_atomic(args.npz, lambda f: np.savez_compressed(f, **arrays))
         print(f"wrote {args.npz} ({len(images)} images{', with their class labels' if labels is not None else ''})")
 
 
@@ -127,9 +142,11 @@ def cmd_eval(args) -> None:
     from rdd.metrics import evaluate_checkpoint, format_result
     from rdd.rundir import check_output_path
 
+    inputs = {"checkpoint": args.ckpt, "evalnet": args.evalnet, "Inception weights": args.inception_weights}
     if args.json:
-        check_output_path(args.json, "--json", {"checkpoint": args.ckpt, "evalnet": args.evalnet,
-                                                "Inception weights": args.inception_weights})
+        check_output_path(args.json, "--json", inputs, args.overwrite)
+    if args.reference_cache:  # a cache is rewritten when stale: never one of the inputs
+        check_output_path(args.reference_cache, "--reference-cache", inputs)
     ctx = init_distributed()
     result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
                                  args.evalnet, args.inception_weights, args.reference_cache, device=ctx.device,
@@ -146,12 +163,16 @@ def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
     from rdd.distributed import init_distributed
+    from rdd.layout import RUN_FILES
     from rdd.metrics import EVALNET_SEED_OFFSET
+    from rdd.rundir import require_run_to_resume
 
     cfg = load_config(args.config, args.overrides, "train-evalnet")
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
+    if args.resume:
+        require_run_to_resume(args.out, RUN_FILES["evalnet"])
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, arch="evalnet-cnn", seed=seed, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -161,7 +182,7 @@ def cmd_train_evalnet(args) -> None:
 def cmd_report(args) -> None:
     from rdd.report import report_folder
 
-    print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed)}")
+    print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed, args.overwrite)}")
 
 
 def cmd_sweep(args) -> None:
@@ -338,6 +359,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--class", dest="class_label", type=bounded_int(0, 1_000_000),
                    help="class label of every image (class-conditional models; default: labels drawn at random)")
     p.add_argument("--npz", help=".npz of uint8 NHWC images (and a conditional model's labels) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and --npz if they exist")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
@@ -351,6 +373,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")
     p.add_argument("--reference-cache", help=".npz of the test split's evalnet statistics (default: in $RDD_CACHE or ~/.cache/rdd)")
     p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a model as a folder that diffusers loads (docs/diffusers.md)")
@@ -368,6 +391,7 @@ def _add_page_commands(sub) -> None:
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
     p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--seed", type=SEED, default=0, help="noise seed of the samples (the same for every model)")
+    p.add_argument("--overwrite", action="store_true", help="replace report.md and report/ if they exist")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("benchmark", help="run the paper's protocol on a data set (resumable)")
@@ -424,6 +448,19 @@ def write_trace(command: str) -> Path:
     return path
 
 
+PATH_ARGUMENTS = ("out", "npz", "json", "results", "record", "reference_cache", "config", "teacher", "ckpt", "evalnet", "dir")
+
+
+def check_path_arguments(args) -> None:
+    """Every path a command was given is one a file system takes (not empty, UTF-8, names not too long)."""
+    from rdd.files import check_path_text
+
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            check_path_text(value, name if name == "dir" else "--" + name.replace("_", "-"))
+
+
 def _terminated(signum, frame):
     raise KeyboardInterrupt  # a cluster's SIGTERM (preemption, torchrun stopping a job) ends like Ctrl-C
 
@@ -440,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        check_path_arguments(args)
         args.func(args)
     except RddError as e:
         print(f"rdd: error: {one_line(e, 2000)}", file=sys.stderr)

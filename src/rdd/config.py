@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from rdd.errors import RddError
+from rdd.strict_yaml import StrictYamlError, parse_yaml
 
 
 class ConfigError(RddError):
@@ -49,6 +49,9 @@ class DataConfig:
 
     def __post_init__(self):
         _at_least("data.resolution", self.resolution, 8)
+        _check("data.resolution", self.resolution, self.resolution <= MAX_RESOLUTION, f"at most {MAX_RESOLUTION}")
+        if self.root is not None:
+            _check("data.root", self.root, bool(self.root.strip()), "a folder path, or null for the default location")
         _check_choice("data.channels", self.channels, (1, 3))
         _check_choice("data.resize", self.resize, ("bilinear", "pad"))
         _at_least("data.num_workers", self.num_workers, 0)
@@ -81,6 +84,10 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _check_choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _check("train.ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "a number in [0, 1)")
+        _check("train.ema_decay", self.ema_decay, _float32(self.ema_decay) < 1,
+               "a number that stays below 1 in float32 (the weights' precision), e.g. 0.9999; this one would freeze the EMA")
+        _check("train.sample_steps", self.sample_steps, self.sample_steps <= MAX_STEPS, f"at most {MAX_STEPS:,}")
+        _check("train.num_grid", self.num_grid, self.num_grid <= MAX_GRID, f"at most {MAX_GRID:,} images in one grid picture")
         for i, step in enumerate(self.snapshot_at):
             _at_least(f"train.snapshot_at[{i}]", step, 1)
 
@@ -217,6 +224,13 @@ class ExperimentConfig:
 
 
 INT_LIMIT = 2**31 - 1
+MAX_RESOLUTION = 4096  # beyond any data set or network rdd trains; larger sizes are typos
+MAX_STEPS = 10_000  # sampler steps, as `--steps` allows
+MAX_GRID = 4096  # images in one grid picture
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def per_stage(values: list, index: int):
@@ -322,11 +336,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}': '{key}' is not a section.key name")
+        if not raw.strip():
+            raise ConfigError(f"override '{item}': {key} has no value; write {key}=null to unset it")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = parse_yaml(raw, f"--set {key}'s value")
+        except StrictYamlError as e:
+            raise ConfigError(str(e)) from None
     return data
 
 
@@ -348,11 +369,11 @@ def read_yaml_config(path: str | Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config file '{path}' includes itself through `base:`; remove the cycle")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text(), f"config file '{path}'") or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not a text file (not UTF-8); pass a YAML config") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+    except StrictYamlError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
     base = data.pop("base", None)
@@ -452,6 +473,6 @@ def flatten(data: dict, prefix: str = "") -> dict:
 def _file_mapping(path: str | Path) -> dict:
     """The settings written in the file itself, without those it inherits through `base:` (read_yaml_config
     has checked the file)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = parse_yaml(Path(path).read_text(), f"config file '{path}'") or {}
     data.pop("base", None)
     return data

@@ -15,7 +15,7 @@ from pathlib import Path
 from rdd.config import load_config
 from rdd.distributed import init_distributed
 from rdd.errors import RddError
-from rdd.files import write_json_atomic
+from rdd.files import write_json_atomic, write_text_atomic
 from rdd.layout import ASSETS
 from rdd.tables import markdown_table
 
@@ -88,7 +88,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
                            [[r["model"], r["steps"], f"{r['fd']:.4g}", f"{r['is']:.2f}"] for r in results])
     iterations = cfg.distill.iterations[0]
     page = out / "report.md"
-    page.write_text("\n".join([
+    write_text_atomic(page, "\n".join([
         "# rdd demo: 2 → 1 step on Fashion-MNIST", "",
         f"Distilled from the shipped 2-step model for {iterations} iterations per method; FD and IS of the "
         f"independent evaluation network on {num_samples} samples against the test set.", "",

@@ -8,14 +8,15 @@ Out: any rdd model becomes a pipeline folder that diffusers alone loads, sampled
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
-
 
 from rdd.baselines import alphas_cumprod, betas_of
 from rdd.config import DataConfig, ExperimentConfig, ModelConfig
 from rdd.diffusion import COSINE, PREDICTION_TYPES, READINGS, CosineSchedule, DiscreteSchedule
 from rdd.errors import RddError
+from rdd.files import read_json_record
 
 PIPELINE_FILE = "pipeline.py"
 PIPELINE_CLASS = "RddDDIMPipeline"
@@ -38,14 +39,86 @@ OTHER_KINDS = {"ScoreSdeVeScheduler": "variance-exploding", "KarrasVeScheduler":
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")  # DDPMScheduler's, which builds rdd's table
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, fields: dict) -> dict:
+    """A config file of the folder, read strictly, each field rdd reads typed and range-checked."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RddError(f"cannot read '{path}' ({type(e).__name__}); is the folder complete?") from None
-    if not isinstance(data, dict):
-        raise RddError(f"'{path}' does not hold a JSON object")
+        data = read_json_record(path, "diffusers config")
+    except OSError as e:
+        raise RddError(f"cannot read '{path}' ({e.strerror}); is the folder complete?") from None
+    for key, (ok, allowed) in fields.items():
+        if key in data and not ok(data[key]):
+            raise RddError(f"'{path}': field '{key}' is {data[key]!r}; allowed: {allowed}; fix the file or use another copy")
     return data
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_in(low: int, high: int):
+    return lambda v: _is_int(v) and low <= v <= high, f"an integer in {low:,}..{high:,}"
+
+
+def _float_between(low: float, high: float):
+    return (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and low < v < high,
+            f"a number between {low} and {high}")
+
+
+def _optional(check):
+    ok, allowed = check
+    return lambda v: v is None or ok(v), f"null or {allowed}"
+
+
+def _list_of(check, length: int | None = None):
+    ok, allowed = check
+    return (lambda v: isinstance(v, list) and len(v) > 0 and (length is None or len(v) == length) and all(ok(x) for x in v),
+            f"a non-empty list of {allowed}")
+
+
+def _choice(*choices):
+    return lambda v: v in choices, " or ".join(map(repr, choices))
+
+
+SIZE = _int_in(8, 4096)
+UNET_FIELDS = {"in_channels": _int_in(1, 64), "out_channels": _int_in(1, 64), "norm_num_groups": _int_in(1, 1024),
+               "layers_per_block": _int_in(1, 64), "block_out_channels": _list_of(_int_in(1, 65536)),
+               "num_class_embeds": _optional(_int_in(1, 1 << 20)), "norm_eps": _float_between(0, 1),
+               "sample_size": (lambda v: SIZE[0](v) or _list_of(SIZE, 2)[0](v), "an integer or [h, w] in 8..4,096"),
+               "down_block_types": _list_of((lambda v: isinstance(v, str), "names")),
+               "up_block_types": _list_of((lambda v: isinstance(v, str), "names"))}
+SCHEDULER_FIELDS = {"num_train_timesteps": _int_in(2, 100_000), "beta_start": _float_between(0, 1),
+                    "beta_end": _float_between(0, 1), "beta_schedule": (lambda v: isinstance(v, str), "a name"),
+                    "prediction_type": _choice(*READINGS),
+                    "trained_betas": _optional(_list_of(_float_between(0, 1.0000001))),
+                    "rescale_betas_zero_snr": _choice(True, False)}
+COMPONENT = (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(x is None or isinstance(x, str) for x in v)),
+             "[library, class] or null")
+INDEX_FIELDS = {"sampling_steps": _optional(_int_in(1, 10_000)), "schedule": _optional(_choice("cosine", "discrete"))}
+
+
+def _check_unet_shapes(path: Path, c: dict) -> None:
+    """What UNet2DModel needs of its fields together: group norm divides every width, one block type per width."""
+    widths, groups = c.get("block_out_channels", [224, 448, 672, 896]), c.get("norm_num_groups", 32)
+    if any(w % groups for w in widths):
+        raise RddError(f"'{path}': norm_num_groups {groups} does not divide every block_out_channels {widths}; "
+                       "fix the file or use another copy")
+    for key in ("down_block_types", "up_block_types"):
+        if key in c and len(c[key]) != len(widths):
+            raise RddError(f"'{path}': {key} has {len(c[key])} entries for {len(widths)} block_out_channels; "
+                           "fix the file or use another copy")
+
+
+def _read_index(folder: Path) -> dict:
+    """model_index.json: its components are [library, class] pairs, its rdd entries typed."""
+    path = folder / "model_index.json"
+    if not path.is_file():
+        return {}
+    index = _read_json(path, INDEX_FIELDS)
+    ok, allowed = COMPONENT
+    for key, value in index.items():
+        if not key.startswith("_") and key not in INDEX_FIELDS and not ok(value):
+            raise RddError(f"'{path}': entry '{key}' is {value!r}; allowed: {allowed}; fix the file or use another copy")
+    return index
 
 
 def load_diffusers_folder(path: str | Path, device="cpu"):
@@ -60,14 +133,16 @@ def load_diffusers_folder(path: str | Path, device="cpu"):
 
     folder = Path(path)
     unet_config, scheduler_config = folder / "unet" / "config.json", folder / "scheduler" / "scheduler_config.json"
-    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+    index = _read_index(folder)
     check_pixel_space(folder, index)
     if not (unet_config.is_file() and scheduler_config.is_file()):
         raise RddError(f"'{folder}' is not a diffusers model: it needs unet/config.json and scheduler/scheduler_config.json "
                        "(a pipeline folder written by save_pretrained), or pass an rdd model.pt")
-    c = _read_json(unet_config)
+    c = _read_json(unet_config, {})
     if c.get("_class_name") != "UNet2DModel":
         raise RddError(f"'{folder}/unet' is a {c.get('_class_name')}; rdd distils UNet2DModel pipelines, unconditional or class-conditional")
+    _read_json(unet_config, UNET_FIELDS)
+    _check_unet_shapes(unet_config, c)
     channels = c.get("in_channels", 3)  # missing keys take UNet2DModel's defaults
     if c.get("out_channels", 3) != channels:
         raise RddError(f"'{folder}/unet' has {c.get('out_channels', 3)} output channels for {channels} input channels; "
@@ -78,7 +153,7 @@ def load_diffusers_folder(path: str | Path, device="cpu"):
     size = size[0] if isinstance(size, list) and len(set(size)) == 1 else size
     if not isinstance(size, int):
         raise RddError(f"'{folder}/unet' has sample_size {size!r}; rdd needs square images of one size")
-    scheduler = _read_json(scheduler_config)
+    scheduler = _read_json(scheduler_config, SCHEDULER_FIELDS)
     check_scheduler(folder, scheduler)
     schedule = CosineSchedule() if index.get("schedule") == "cosine" else DiscreteSchedule(scheduler)
     try:

@@ -7,7 +7,6 @@ stage is reused only when its run.json shows the same settings and teacher.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ from rdd.data import NATIVE_CHANNELS, class_count
 from rdd.diffusion import halving_chain
 from rdd.distributed import DistContext, barrier
 from rdd.errors import RddError
-from rdd.files import write_json_atomic
+from rdd.files import read_json_record, write_json_atomic
 from rdd.layout import MODEL_FILE, stage_dir
 from rdd.methods import DistillationObjective, StagePlan, check_terms, needs_classifier, require_classifier
 from rdd.metrics_log import read_metrics
 from rdd.model_io import load_diffusion_model
 from rdd.networks import student_copy, student_reading
-from rdd.rundir import check_same_run, manifest
+from rdd.rundir import check_same_run, is_finished, manifest
 from rdd.training import fit
 
 
@@ -106,6 +105,20 @@ def plan_stage(cfg: ExperimentConfig, teacher_path: str | Path, device, stage_in
                      cfg.classifier.checkpoint if needs_classifier(cfg.distill.method) else None)
 
 
+def check_classifier_fits(classifier: FeatureClassifier, cfg: ExperimentConfig, path: str) -> None:
+    """The classifier reads the teacher's images: its channels match, and an image of the teacher's size goes through."""
+    channels, size = cfg.data.channels, cfg.data.resolution
+    if classifier.features.conv0.in_channels != channels:
+        raise RddError(f"classifier.checkpoint '{path}' reads {classifier.features.conv0.in_channels}-channel images but the "
+                       f"teacher makes {channels}-channel ones; train a classifier on the teacher's data (rdd train-classifier)")
+    try:
+        with torch.no_grad():
+            classifier(torch.zeros(1, channels, size, size, device=next(classifier.parameters()).device))
+    except RuntimeError as e:
+        raise RddError(f"classifier.checkpoint '{path}' cannot read the teacher's {channels}x{size}x{size} images "
+                       f"({str(e).splitlines()[0][:120]}); train a classifier on the teacher's data") from None
+
+
 @dataclass
 class Stage:
     """Everything one stage trains: its plan, the student (a copy of the teacher) and its objective."""
@@ -121,6 +134,8 @@ def build_stage(plan: StagePlan, ctx: DistContext) -> Stage:
     if classifier is not None and not isinstance(classifier, FeatureClassifier):
         raise RddError(f"classifier.checkpoint '{plan.classifier}' is the evaluation network; distilling through it would "
                        "grade the student with its own teacher: pass the distillation classifier (rdd train-classifier)")
+    if classifier is not None:
+        check_classifier_fits(classifier, plan.cfg, plan.classifier)
     objective = DistillationObjective(plan, classifier).to(ctx.device)
     student = student_copy(plan.teacher, plan.reading["prediction_type"]).train().requires_grad_(True)
     return Stage(plan, student, objective)
@@ -171,13 +186,14 @@ def run_progressive(cfg: ExperimentConfig, teacher_path: str | Path, out_dir: st
     summary_path = out_dir / "chain.json"
     summary = {"method": cfg.distill.method, "stages": {}}
     if summary_path.is_file() and not overwrite:
-        summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
+        stages = read_json_record(summary_path, "chain record").get("stages", {})
+        summary["stages"] = stages if isinstance(stages, dict) else {}
     models, teacher = [], Path(teacher_path)
     for index, steps in enumerate(chain[:-1]):
         folder = stage_dir(out_dir, steps)
         stage_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher_steps=steps))
         plan = plan_stage(stage_cfg, teacher, ctx.device, index, loaded)
-        if (folder / MODEL_FILE).is_file() and not overwrite:
+        if is_finished(folder) and not overwrite:
             check_same_run(folder, manifest(plan.cfg, plan.meta(), plan.iterations), "finished stage")
             if ctx.is_main:
                 print(f"stage {steps}->{steps // 2}: done, skipped ({folder / MODEL_FILE})", flush=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,31 @@ def _env_int(name: str, default: str, low: int, high: int | None, what: str) -> 
     return value
 
 
+DEFAULT_DIST_TIMEOUT = 180  # seconds to wait for the other processes (torch's own default is 30 minutes)
+
+
+def dist_timeout() -> int:
+    """How long a distributed start waits for its peers: $RDD_DIST_TIMEOUT seconds."""
+    return _env_int("RDD_DIST_TIMEOUT", str(DEFAULT_DIST_TIMEOUT), 1, 86_400, "a number of seconds")
+
+
+def _start_process_group(backend: str, world: int, rank: int) -> None:
+    """init_process_group within dist_timeout(): peers that never come are one line, not a 30-minute wait.
+    Collectives afterwards keep torch's default timeout: the main process may work alone for minutes
+    (a grid, a checkpoint) while the others wait."""
+    from torch.distributed.constants import default_pg_timeout
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+
+    timeout = dist_timeout()
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    except (RuntimeError, ValueError, OSError) as e:  # DistStoreError / DistNetworkError are RuntimeErrors
+        raise RddError(f"process {rank} of {world} could not reach the others at {os.environ.get('MASTER_ADDR')}:"
+                       f"{os.environ.get('MASTER_PORT', '29500')} within {timeout} s ({type(e).__name__}); start every process "
+                       "with torchrun, check MASTER_ADDR/MASTER_PORT, or set RDD_DIST_TIMEOUT to wait longer") from None
+    _set_pg_timeout(default_pg_timeout)
+
+
 def world_size() -> int:
     return _env_int("WORLD_SIZE", "1", 1, None, "a process count")
 
@@ -43,13 +69,14 @@ def default_device(local_rank: int = 0) -> torch.device:
 def init_distributed() -> DistContext:
     """One process per device; without torchrun's variables this is a single CPU/GPU process."""
     world = world_size()
-    if world > 1 and not dist.is_initialized() and "MASTER_ADDR" not in os.environ:
-        raise RddError(f"WORLD_SIZE={world} but MASTER_ADDR is not set; start multi-process runs with "
+    if world > 1 and not dist.is_initialized() and not os.environ.get("MASTER_ADDR", "").strip():
+        raise RddError(f"WORLD_SIZE={world} but MASTER_ADDR is not set (or empty); start multi-process runs with "
                        f"torchrun --nproc_per_node={world} -m rdd.cli ..., or unset WORLD_SIZE")
     rank = _env_int("RANK", "0", 0, world - 1, f"a process rank below WORLD_SIZE={world}")
     local_rank = _env_int("LOCAL_RANK", "0", 0, world - 1, f"a local rank below WORLD_SIZE={world}")
     if world > 1:
         _env_int("MASTER_PORT", "29500", 1, 65535, "a TCP port")
+        dist_timeout()
     if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
         raise RddError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
                        "start at most one process per GPU (torchrun --nproc_per_node)")
@@ -57,7 +84,7 @@ def init_distributed() -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _start_process_group("nccl" if device.type == "cuda" else "gloo", world, rank)
     return DistContext(rank, world, device)
 
 

@@ -26,7 +26,7 @@ from rdd.config import DataConfig
 from rdd.data import folder_stamp, load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
-from rdd.files import cache_dir, file_digest, write_atomic
+from rdd.files import cache_dir, check_writable, file_digest, write_atomic
 from rdd.layout import ASSETS, CLASSIFIER_FILE, EVALNET_FILE, MODEL_FILE
 from rdd.sampling import to_uint8_nhwc
 
@@ -107,15 +107,25 @@ def evalnet_in(folder: Path) -> Path:
     return old if old.is_file() and not (folder / EVALNET_FILE).is_file() else folder / EVALNET_FILE
 
 
-def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
-    from rdd.classifier_nets import load_classifier
-
+def load_evalnet_checkpoint(path: str | Path) -> dict:
+    """An evaluation network's checkpoint, checked to be one (a safe load: a file carrying code is refused)."""
     if not Path(path).is_file():
         raise RddError(f"evaluation network '{path}' not found; pass a checkpoint of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")
     state = load_checkpoint(path)
     if state.get("arch") != "evalnet-cnn":
         what = f"a {state.get('arch')!r} classifier" if state.get("kind") == "classifier" else f"a {state.get('kind', 'plain')} checkpoint"
         raise RddError(f"'{path}' is {what}, not an evaluation network; pass one of `rdd train-evalnet` (e.g. assets/fmnist/evalnet.pt)")
+    for key in ("in_channels", "resolution"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 1:
+            raise RddError(f"evaluation network '{path}': field '{key}' is {state.get(key)!r}, not a positive integer; "
+                           "use another copy or train one with rdd train-evalnet")
+    return state
+
+
+def load_evalnet(path: str | Path, data: DataConfig, device="cpu"):
+    from rdd.classifier_nets import load_classifier
+
+    state = load_evalnet_checkpoint(path)
     if (state["in_channels"], state["resolution"]) != (data.channels, data.resolution):
         raise RddError(f"evalnet '{path}' was trained on {state['in_channels']}x{state['resolution']}x{state['resolution']} images, "
                        f"the model makes {data.channels}x{data.resolution}x{data.resolution}; train an evalnet with the same data config")
@@ -135,6 +145,12 @@ def evalnet_outputs(evalnet, images, batch_size: int = 500, progress: bool = Tru
     return torch.cat(features).numpy(), torch.cat(logits)
 
 
+def _valid_statistics(mu: np.ndarray, sigma: np.ndarray, dim: int) -> bool:
+    """A mean vector of the evaluation network's feature size and its covariance, of real finite numbers."""
+    return (mu.shape == (dim,) and sigma.shape == (dim, dim) and mu.dtype.kind == "f"
+            and sigma.dtype.kind == "f" and bool(np.isfinite(mu).all() and np.isfinite(sigma).all()))
+
+
 def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str | Path | None = None, device="cpu",
                          batch_size: int = 500, progress: bool = True, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the evalnet features of `split` (the test set, or 'val': held-out training images
@@ -142,15 +158,20 @@ def reference_statistics(evalnet_path: str | Path, data: DataConfig, cache: str 
     stamp in cache_dir(), so every evalnet and data config has its own file)."""
     key = reference_key(evalnet_path, data, split)
     cache = Path(cache) if cache else cache_dir() / "reference" / f"{split}-{key}.npz"
+    evalnet = load_evalnet(evalnet_path, data, device)
     if cache.is_file():
         try:
             with np.load(cache) as f:
-                if str(f["key"]) == key:
-                    return f["mu"], f["sigma"]
-            print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
+                stored = str(f["key"]), f["mu"], f["sigma"]
+            if stored[0] != key:
+                print(f"reference cache '{cache}' was made for another evalnet or data config; recomputing it")
+            elif not _valid_statistics(*stored[1:], evalnet.num_features):
+                print(f"reference cache '{cache}' holds statistics of the wrong shape or nan/inf; recomputing it")
+            else:
+                return stored[1], stored[2]
         except (OSError, ValueError, KeyError, EOFError):  # damaged, or not one of ours: it is only a cache
             print(f"reference cache '{cache}' is damaged or not an rdd reference cache; recomputing it")
-    evalnet = load_evalnet(evalnet_path, data, device)
+    check_writable(cache, "the reference cache")  # found before the features are computed, not after
     features, _ = evalnet_outputs(evalnet, load_dataset(data, split), batch_size, progress)
     mu, sigma = feature_statistics(features)
     write_atomic(cache, lambda f: np.savez(f, key=key, mu=mu, sigma=sigma))  # a reader never sees half a file
@@ -254,7 +275,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     first N training images only (a dry run)."""
     from rdd.baselines import nfe
     from rdd.model_io import load_diffusion_model
-    from rdd.sampling import generate, resolve_steps
+    from rdd.sampling import check_sample_memory, generate, resolve_steps
 
     if num_samples is not None:
         check_sample_count(num_samples)
@@ -274,12 +295,18 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         raise RddError("nothing to measure: pass --evalnet (a checkpoint of `rdd train-evalnet`) and/or "
                        f"--inception-weights ({INCEPTION_FILE})")
     steps = resolve_steps(meta, steps)
+    check_sample_memory(cfg, num_samples, batch_size)
     if holdout is not None:
         cfg.data.holdout = holdout
     # A missing or wrong network is refused before sampling, not after.
     net = load_evalnet(evalnet, cfg.data, device) if evalnet else None
+    cache_root = Path(reference_cache).parent if reference_cache else cache_dir() / "fidelity"
     if inception_weights:
         check_inception_weights(inception_weights)
+        check_writable(cache_root / "features", "torch-fidelity's cache")
+    # The reference statistics first (the main process measures): an unwritable cache is found before the samples are drawn.
+    measures = evalnet and (ctx is None or ctx.is_main)
+    stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress, reference_split) if measures else None
 
     start = time.perf_counter()
     images = generate(model, cfg, steps, num_samples, seed, batch_size, sampler, device, progress, ctx)
@@ -289,10 +316,8 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
               "num_samples": num_samples, "seed": seed, "reference": reference_split,
               "sampling_seconds": time.perf_counter() - start}
     if evalnet:
-        stats = reference_statistics(evalnet, cfg.data, reference_cache, device, batch_size, progress, reference_split)
         result.update(domain_metrics(net, images, stats, batch_size, progress))
     if inception_weights:
-        cache_root = Path(reference_cache).parent if reference_cache else cache_dir() / "fidelity"
         reference = load_dataset(cfg.data, "train")
         if reference_limit:
             reference = Subset(reference, range(min(reference_limit, len(reference))))

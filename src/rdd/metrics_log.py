@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from rdd.files import write_text_atomic
+from rdd.files import write_atomic, write_text_atomic
 
 
 class MetricsLog:
@@ -68,9 +68,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1) -> None:
-    """Save images in [-1, 1] as a PNG grid, each pixel drawn as `scale` x `scale` pixels."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Save images in [-1, 1] as a PNG grid, atomically, each pixel drawn as `scale` x `scale` pixels."""
     images = images.float().clamp(-1, 1) * 0.5 + 0.5
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    save_image(images, str(path), nrow=nrow, padding=scale, pad_value=1.0)
+    write_atomic(path, lambda f: save_image(images, f, format="png", nrow=nrow, padding=scale, pad_value=1.0))

@@ -6,7 +6,7 @@ from pathlib import Path
 from torch import nn
 
 from rdd.checkpoint import first_nonfinite, load_checkpoint, load_module_state, save_checkpoint
-from rdd.config import ExperimentConfig, from_dict, to_dict
+from rdd.config import ConfigError, ExperimentConfig, from_dict, to_dict
 from rdd.diffusers_io import load_diffusers_folder, write_ddim_pipeline, write_pipeline
 from rdd.errors import RddError
 from rdd.networks import build_model
@@ -20,6 +20,16 @@ def export_model(path: Path, model: nn.Module, cfg: ExperimentConfig, meta: dict
     save_checkpoint({"kind": "diffusion", "model": model.state_dict(), "config": to_dict(cfg), **meta}, path)
 
 
+def stored_config(state: dict, path: str | Path) -> ExperimentConfig:
+    """The config a checkpoint carries, checked like a config file: a damaged one is refused naming the file and field."""
+    if not isinstance(state["config"], dict):
+        raise RddError(f"checkpoint '{path}': its stored config is a {type(state['config']).__name__}, not a mapping; use another copy")
+    try:
+        return from_dict(state["config"])
+    except ConfigError as e:
+        raise RddError(f"checkpoint '{path}' stores an invalid config ({e}); use another copy") from None
+
+
 def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
     """Rebuild a diffusion model from `model.pt` (or a training state) or load a diffusers folder;
     returns (model, config, meta)."""
@@ -31,7 +41,7 @@ def load_diffusion_model(path: str | Path, device="cpu") -> tuple[nn.Module, Exp
                        "rdd train or rdd distill")
     if "config" not in state or not ("model" in state or "ema" in state):
         raise RddError(f"checkpoint '{path}' is not an rdd diffusion checkpoint (no config/model); pass a model.pt written by rdd train or rdd distill")
-    cfg = from_dict(state["config"])
+    cfg = stored_config(state, path)
     model = build_model(cfg.model, cfg.data)
     load_module_state(model, state["ema"] if "ema" in state else state["model"], path, "diffusion")
     bad = first_nonfinite(model.state_dict())

@@ -2,7 +2,6 @@
 model from the same noise side by side, and each stage's loss curves."""
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from rdd.errors import RddError  # noqa: E402
-from rdd.files import cached_json, write_json_atomic  # noqa: E402
+from rdd.files import cached_json, read_json_record, write_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from rdd.layout import MODEL_FILE  # noqa: E402
 from rdd.metrics_log import read_metrics  # noqa: E402
 from rdd.tables import markdown_table, mean_std  # noqa: E402
@@ -44,8 +43,7 @@ def comparison_grid(entries: list[tuple[str, Path, int]], path: Path, num: int =
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path
 
@@ -69,8 +67,7 @@ def loss_curves(runs: dict[str, Path], path: Path, columns: int = 3) -> Path:
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -106,17 +103,35 @@ def headline_sources(results: dict[str, tuple[str, int, dict]]) -> list[str]:
     return ["Cells with several runs show one of them:", "", *lines, ""] if lines else []
 
 
-def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int = 2000, seed: int = 0) -> Path:
-    """`rdd report DIR`: every model.pt under DIR, evaluated (when an evalnet is given), gridded and plotted."""
-    from rdd.metrics import evaluate_checkpoint
-    from rdd.model_io import load_diffusion_model
+def _check_report_target(root: Path, evalnet: str | None, overwrite: bool) -> list[Path]:
+    """The models under `root`, once the page's files are known to be free to write (or --overwrite)."""
+    from rdd.metrics import load_evalnet_checkpoint
 
-    root = Path(root)
     if not root.is_dir():
         raise RddError(f"report folder '{root}' not found; point rdd report at a folder of rdd train/distill runs")
     models = find_models(root)
     if not models:
         raise RddError(f"no {MODEL_FILE} under '{root}'; point rdd report at a folder of rdd train/distill runs")
+    taken = [p for p in (root / "report.md", root / "report") if p.exists() or p.is_symlink()]
+    if taken and not overwrite:
+        raise RddError(f"'{taken[0]}' already exists; pass --overwrite to replace the report, or move it away")
+    if evalnet:
+        load_evalnet_checkpoint(evalnet)
+    return models
+
+
+def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int = 2000, seed: int = 0,
+                  overwrite: bool = False) -> Path:
+    """`rdd report DIR`: every model.pt under DIR, evaluated (when an evalnet is given), gridded and plotted.
+    A cached evaluation is reused only for the same model file, evaluation network, sample count and seed."""
+    from rdd.files import digest
+    from rdd.metrics import check_sample_count, evaluate_checkpoint
+    from rdd.model_io import load_diffusion_model
+
+    root = Path(root)
+    if evalnet:
+        check_sample_count(num_samples)
+    models = _check_report_target(root, evalnet, overwrite)
     out = root / "report"
     entries, results = [], {}
     for model_path in models:
@@ -125,8 +140,10 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
         label = label_of(model_path, root)
         entries.append((label, model_path, steps))
         if evalnet:
+            stamp = {"model": digest(model_path), "evalnet": digest(evalnet), "num": num_samples, "seed": seed, "steps": steps}
             result = cached_json(root / "eval" / (label.replace("/", "__") + ".json"), lambda: evaluate_checkpoint(
-                model_path, steps, "ddim", num_samples, seed, evalnet=evalnet, reference_cache=str(root / "eval" / "reference.npz")))
+                model_path, steps, "ddim", num_samples, seed, evalnet=evalnet, reference_cache=str(root / "eval" / "reference.npz")),
+                stamp)
             results[label] = (meta.get("method", "base"), steps, result)
     grid = comparison_grid(entries, out / "grids.png", seed=seed)
     curves = loss_curves({label: path.parent for label, path, _ in entries}, out / "loss_curves.png")
@@ -141,12 +158,12 @@ def report_folder(root: str | Path, evalnet: str | None = None, num_samples: int
     lines += ["", "Every row from the same noise:", "", f"![grids]({grid.relative_to(root)})", "",
               "Loss curves:", "", f"![curves]({curves.relative_to(root)})", ""]
     page = root / "report.md"
-    page.write_text("\n".join(lines))
+    write_text_atomic(page, "\n".join(lines))
     return page
 
 
 def load_eval_results(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json")) if p.name != "reference.json"]
+    return [read_json_record(p, "evaluation result") for p in sorted((out / "eval").glob("*.json")) if p.name != "reference.json"]
 
 
 def chain_ordering_lines(main: dict, methods: list[str], steps: list[int]) -> list[str]:
@@ -272,7 +289,7 @@ def stage_table(out: Path) -> list[str]:
     path = out / "stages.json"
     if not path.is_file():
         return []
-    stages = json.loads(path.read_text())
+    stages = read_json_record(path, "stages record")
 
     def count(stats, key):
         return f"{stats[key] / 1e6:.2f} M" if key in stats else "–"
@@ -319,7 +336,7 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     dest = Path(dest or out / "results")
     dest.mkdir(parents=True, exist_ok=True)
     rows = load_eval_results(out)
-    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    timings = read_json_record(out / "timings.json", "timings record") if (out / "timings.json").is_file() else {}
     steps = [bc.pd_to // 2 ** k for k in range(1, 4) if bc.pd_to // 2 ** k >= 1]
     lines = results_header(bc, rows, dry_run, note)
     if bc.paper_results:
@@ -339,5 +356,5 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
         lines += benchmark_figures(bc, out, dest, rows, steps)
     write_json_atomic(dest / "results.json", {"rows": rows, "timings": timings})
     page = dest / "RESULTS.md"
-    page.write_text("\n".join(lines) + "\n")
+    write_text_atomic(page, "\n".join(lines) + "\n")
     return page

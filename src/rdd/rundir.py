@@ -11,18 +11,22 @@ Output files of the other commands are checked for a writable folder before any 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
-import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 from rdd.config import ExperimentConfig, flatten, to_dict, used_config
 from rdd.distributed import DistContext, broadcast_object
 from rdd.errors import RddError
-from rdd.files import digest
+from rdd.files import check_path_text, check_writable, digest, remove_stale_temporaries
 from rdd.layout import DIFFUSION_FILES, RUN_FILES, RunFiles
+from rdd.strict_yaml import parse_json
+
+# What a run writes inside its folders, by name: --overwrite deletes these and nothing else (a user's notes stay).
+OWNED_IN = {"grids": re.compile(r"step\d{7}\.png"), "snapshots": re.compile(r"model-\d{7}\.pt")}
+TENSORBOARD_EVENTS = re.compile(r"events\.out\.tfevents\..*")
 
 # Settings a resumed run may change: how long it trains (longer only), how often it logs, saves and
 # samples, and evaluation. A chain's target step count does not change any one stage either.
@@ -45,25 +49,27 @@ def check_inputs_outside(folder: str | Path, inputs: dict, flag: str = "--out") 
                            f"choose another {flag}")
 
 
-def check_output_path(path: str | Path, flag: str, inputs: dict | None = None) -> None:
-    """Refuse, before any work, an output file that is one of the inputs or whose folder cannot be written."""
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file by device and inode: a hard link or a symbolic link of it counts."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(path: str | Path, flag: str, inputs: dict | None = None, overwrite: bool | None = None) -> None:
+    """Refuse, before any work, an output file that is one of the inputs (a link of one included), that exists
+    when `overwrite` is False, or whose folder cannot be written."""
+    check_path_text(str(path), flag)
     path = Path(path)
     for name, source in (inputs or {}).items():
-        if source and Path(source).exists() and _inside(Path(source), path):
+        if source and Path(source).exists() and (_inside(Path(source), path) or _same_file(Path(source), path)):
             raise RddError(f"{flag} '{path}' is this command's {name}; write to another file")
     if path.is_dir():
         raise RddError(f"{flag} '{path}' is a folder; pass a file name")
-    folder = path.parent
-    while not folder.exists():  # the nearest existing folder, which the writer's mkdir would extend
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise RddError(f"cannot write {flag} '{path}': '{folder}' is not a writable folder; choose another path")
-    try:  # permissions do not tell root about a read-only or virtual file system; a real write does
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".rdd-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RddError(f"cannot write {flag} '{path}': '{folder}' does not take files ({e.strerror}); choose another path") from None
+    if overwrite is False and (path.exists() or path.is_symlink()):
+        raise RddError(f"{flag} '{path}' already exists; pass --overwrite to replace it, or choose another file")
+    check_writable(path, flag)
 
 
 def run_kind(meta: dict) -> str:
@@ -116,12 +122,32 @@ def read_manifest(folder: Path, files: RunFiles = DIFFUSION_FILES) -> dict | Non
     if not path.is_file():
         return None
     try:
-        recorded = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RddError(f"'{path}' is damaged (not JSON); start the run over with --overwrite") from None
-    if not isinstance(recorded, dict) or not {"config", "meta", "files"} <= recorded.keys():
+        recorded = parse_json(path.read_text(), "it")
+    except (RddError, UnicodeDecodeError) as e:
+        raise RddError(f"'{path}' is damaged ({e}); start the run over with --overwrite") from None
+    kinds = {"config": dict, "meta": dict, "files": dict}
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(key), kind) for key, kind in kinds.items()):
         raise RddError(f"'{path}' is not an rdd run record (no config, meta and files); start the run over with --overwrite")
+    if not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in recorded["files"].values()):
+        raise RddError(f"'{path}' is not an rdd run record (its files lack their sha256); start the run over with --overwrite")
     return recorded
+
+
+def is_finished(folder: Path, files: RunFiles = DIFFUSION_FILES) -> bool:
+    """A run is done only once every output and record is written: its final file and its manifest's `finished`
+    (set after the last file; a folder from before the manifest, or before that flag, counts its final file)."""
+    if not (folder / files.final).is_file():
+        return False
+    recorded = read_manifest(folder, files)
+    return recorded is None or recorded.get("finished", True) is True
+
+
+def require_run_to_resume(folder: str | Path, files: RunFiles = DIFFUSION_FILES) -> None:
+    """--resume continues a run: a folder that holds none (a typo in the path) is refused, not started afresh."""
+    folder = Path(folder)
+    if not ((folder / files.manifest).is_file() or (folder / files.state).is_file()):
+        what = "does not exist" if not folder.exists() else "holds no run"
+        raise RddError(f"--resume: '{folder}' {what}; check the path, or drop --resume to start a new run there")
 
 
 def check_same_run(folder: Path, expected: dict, what: str) -> None:
@@ -142,7 +168,16 @@ class RunLock:
 
     def __init__(self, folder: Path, name: str = DIFFUSION_FILES.lock):
         folder.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a lock that links to a user's file would be truncated
+            self.fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise RddError(f"'{folder / name}' is a symbolic link; rdd never writes through links: remove it "
+                           "(nothing was changed)") from None
+        if os.fstat(self.fd).st_nlink > 1:  # a hard link: writing the pid would change the other file too
+            os.close(self.fd)
+            raise RddError(f"'{folder / name}' is a hard link shared with another file; remove it (nothing was changed)")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -165,18 +200,44 @@ class RunLock:
         self.release()
 
 
-def remove_stale_temp_files(folder: Path, files: RunFiles) -> None:
-    """Temporary files of atomic writes of this kind of run that a kill left behind (only safe under its
-    lock; another kind's run may be writing its own in the same folder)."""
-    stale = [tmp for name in files.outputs for tmp in folder.glob(f".{name}.*tmp")]
-    stale += [tmp for name in files.outputs if (folder / name).is_dir() for tmp in (folder / name).glob(".*.tmp")]
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
+def _owned_files(folder: Path, files: RunFiles) -> list[Path]:
+    """The files a run of this kind wrote in `folder`, found by their names."""
+    owned = []
+    for name in files.outputs:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            owned.append(path)
+        elif path.is_dir() and not path.is_symlink():
+            pattern = TENSORBOARD_EVENTS if name == files.tensorboard else OWNED_IN.get(name)
+            owned += [p for p in path.iterdir() if pattern and pattern.fullmatch(p.name) and p.is_file()]
+    return owned
+
+
+def _refuse_links(folder: Path, files: RunFiles) -> None:
+    """A run replaces its files whole, but appends to its log: an output that is a link (symbolic, or hard
+    to a user's file) is refused, so nothing is written through it."""
+    for name in files.outputs:
+        path = folder / name
+        if path.is_symlink():
+            raise RddError(f"'{path}' is a symbolic link; rdd never writes through links: remove it (nothing was changed)")
+        if path.is_file() and path.stat().st_nlink > 1:
+            raise RddError(f"'{path}' is a hard link shared with another file; rdd would change both: "
+                           "remove it or copy it (nothing was changed)")
+
+
+def _start_over(folder: Path, files: RunFiles) -> None:
+    """--overwrite: delete the previous run's files, and its folders only when nothing else is in them."""
+    for path in _owned_files(folder, files):
+        path.unlink()
+    for name in files.outputs:
+        if (folder / name).is_dir() and not (folder / name).is_symlink() and not any((folder / name).iterdir()):
+            (folder / name).rmdir()
 
 
 def _prepare(folder: Path, expected: dict, resume: bool, overwrite: bool) -> None:
     files = run_files(expected)
-    remove_stale_temp_files(folder, files)
+    remove_stale_temporaries(folder, files.outputs)  # this kind's only: another kind may be writing in the folder
+    _refuse_links(folder, files)
     exists = (folder / files.manifest).is_file() or (folder / files.state).is_file()
     foreign = [name for name in files.outputs if (folder / name).exists()] if not (folder / files.manifest).is_file() else []
     if foreign:  # files a run would write, but no run record says an rdd run of this kind wrote them
@@ -188,12 +249,7 @@ def _prepare(folder: Path, expected: dict, resume: bool, overwrite: bool) -> Non
         raise RddError(f"'{folder}' holds a {recorded.get('kind', run_kind(recorded['meta']))} run, not a {kind} run; "
                        "--overwrite and --resume only touch a run of the same command; choose another --out")
     if overwrite:
-        for name in files.outputs:
-            path = folder / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        _start_over(folder, files)
     elif exists and not resume:
         raise RddError(f"'{folder}' already holds a run; pass --resume to continue it, or --overwrite to start over")
     elif exists:

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from rdd.diffusion import ddim_sample
 from rdd.distributed import DistContext, gather_to_main
 from rdd.errors import RddError
+from rdd.limits import check_memory, image_bytes
 
 DEFAULT_TEACHER_STEPS = 64
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the grid writer (PIL) is asked for by name
@@ -33,6 +34,14 @@ def resolve_steps(meta: dict, steps: int | None) -> int:
     if steps < 1:
         raise RddError(f"--steps must be positive, got {steps}")
     return steps
+
+
+def check_sample_memory(cfg, num: int, batch_size: int) -> None:
+    """`generate` holds every image in memory: said before the first one is drawn."""
+    dc = cfg.data
+    check_memory(f"{num:,} images of {dc.channels}x{dc.resolution}x{dc.resolution}",
+                 image_bytes(num + min(num, batch_size), dc.channels, dc.resolution),
+                 "draw fewer images (--num), or several smaller runs")
 
 
 def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500, sampler: str = "ddim",
@@ -66,6 +75,7 @@ def generate_labelled(model, cfg, steps: int, num: int, seed: int, batch_size: i
         def run(m, z, n, labels):
             return diffusers_sample(m, z, n, labels, sampler)
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    check_sample_memory(cfg, num, batch_size)
     rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
     mine = {}  # batch index -> (images, labels)
     batches = noise_batches(num, shape, seed, batch_size, cfg.model.num_classes)

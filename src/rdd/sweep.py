@@ -10,7 +10,6 @@ in the layout of the paper's Fig. 6-9, plus FD over training length when several
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from rdd.errors import RddError
-from rdd.files import cached_json, write_json_atomic, write_text_atomic
+from rdd.files import cached_json, read_json_record, write_atomic, write_json_atomic, write_text_atomic
 from rdd.tables import markdown_table, mean_std
 
 RESULT_FILE = "result.json"
@@ -71,6 +70,9 @@ def parse_ints(text: str, what: str) -> list[int]:
         raise RddError(f"{what} '{text}' must be comma-separated integers, e.g. 0,1,2") from None
     if not values:
         raise RddError(f"{what} is empty; give at least one integer")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise RddError(f"{what} '{text}' names {twice[0]} twice; give each value once")
     return values
 
 
@@ -117,26 +119,43 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
         raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
+    if any(key == "train.seed" for key, _ in spec.grid):
+        raise RddError("--grid train.seed would be overridden by --seeds; list the seeds in --seeds instead")
     from rdd.distill import check_data_fits_teacher
     from rdd.methods import require_classifier
+    from rdd.metrics import load_evalnet_checkpoint
     from rdd.model_io import load_diffusion_model
 
+    load_evalnet_checkpoint(spec.evalnet)  # a safe load: a file carrying code is refused before any run
     _, teacher_cfg, _ = load_diffusion_model(spec.teacher)
     runs = expand(spec)
     for run in runs:
         cfg = run_config(spec, run)
         require_classifier(cfg)
         check_data_fits_teacher(cfg.data, teacher_cfg, spec.teacher)
+        late = [i for i in spec.eval_at if i >= max(cfg.distill.iterations)]
+        if late:
+            raise RddError(f"--eval-at {late[0]} is not before the last iteration ({max(cfg.distill.iterations)}), which is "
+                           "always evaluated; drop it or train longer")
     return runs
 
 
+def eval_stamp(spec: SweepSpec) -> dict:
+    """Everything besides the model that an evaluation's numbers depend on: results made otherwise are not reused."""
+    from rdd.files import digest
+
+    return {"samples": spec.eval_samples, "seed": spec.eval_seed, "evalnet": digest(spec.evalnet),
+            "reference": spec.reference, "holdout": spec.holdout}
+
+
 def evaluate(spec: SweepSpec, ckpt: Path, cache: Path) -> dict:
+    from rdd.files import digest
     from rdd.metrics import evaluate_checkpoint
 
     return cached_json(cache, lambda: evaluate_checkpoint(
         ckpt, None, "ddim", spec.eval_samples, spec.eval_seed, evalnet=spec.evalnet,
         reference_cache=str(Path(spec.out) / f"reference_{spec.reference}.npz"),
-        progress=True, reference_split=spec.reference, holdout=spec.holdout))
+        progress=True, reference_split=spec.reference, holdout=spec.holdout), {**eval_stamp(spec), "model": digest(ckpt)})
 
 
 def execute(spec: SweepSpec, run: RunSpec) -> dict:
@@ -179,7 +198,7 @@ def execute(spec: SweepSpec, run: RunSpec) -> dict:
     result = {"point": run.point, "values": run.values, "seed": run.seed, "train_seconds": round(seconds, 1),
               "evaluations": evaluations, "final_fd": evaluations[-1]["fd"], "reference": spec.reference,
               "eval_samples": spec.eval_samples, "teacher": spec.teacher, "config_file": spec.config,
-              "overrides": run_overrides(spec, run), "threads": torch.get_num_threads()}
+              "overrides": run_overrides(spec, run), "threads": torch.get_num_threads(), "eval_stamp": eval_stamp(spec)}
     write_json_atomic(folder / RESULT_FILE, result)
     if spec.record:
         write_json_atomic(record_path(spec, run), result)
@@ -194,7 +213,12 @@ def finished(spec: SweepSpec, run: RunSpec) -> dict | None:
     """The run's result if it has one: its record (which survives a new machine) or its run folder's."""
     for path in ([record_path(spec, run)] if spec.record else []) + [Path(run.folder) / RESULT_FILE]:
         if path.is_file():
-            return json.loads(path.read_text())
+            result = read_json_record(path, "sweep result")
+            # a result evaluated otherwise (samples, seed, network, reference) is evaluated again; one from before
+            # the stamp is compared by what it recorded
+            legacy = "eval_stamp" not in result and (result.get("eval_samples"), result.get("reference")) == (
+                spec.eval_samples, spec.reference)
+            return result if legacy or result.get("eval_stamp") == eval_stamp(spec) else None
     return None
 
 
@@ -270,7 +294,7 @@ def plot_sweep(spec: SweepSpec, results: list[dict], out: Path) -> None:
         if len(others) > 1:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"plot_{key.replace('.', '_')}.png", dpi=120)
+        write_atomic(out / f"plot_{key.replace('.', '_')}.png", lambda f: fig.savefig(f, format="png", dpi=120))
         plt.close(fig)
     curves = summarise(results)
     if len({k[3] for k in curves}) > 1:
@@ -285,5 +309,5 @@ def plot_sweep(spec: SweepSpec, results: list[dict], out: Path) -> None:
         ax.set_ylabel(f"FD ({spec.reference}) ↓")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "plot_iterations.png", dpi=120)
+        write_atomic(out / "plot_iterations.png", lambda f: fig.savefig(f, format="png", dpi=120))
         plt.close(fig)

@@ -31,7 +31,8 @@ from rdd.data import ResumableSampler, class_count, load_dataset, random_hflip
 from rdd.diffusion import COSINE, EPS_READING_MIN_ALPHA, ddim_sample
 from rdd.distributed import DistContext, all_gather_objects, average_batchnorm_stats, broadcast_module
 from rdd.errors import RddError
-from rdd.files import write_json_atomic
+from rdd.files import write_atomic, write_json_atomic
+from rdd.limits import check_memory, image_bytes
 from rdd.layout import DIFFUSION_FILES, MODEL_FILE, RunFiles
 from rdd.losses import Objective
 from rdd.losses.objective import no_phase
@@ -448,7 +449,7 @@ class SampleOutputs:
             if not final_grid.exists():
                 self.write_grid(writer, iterations)
             if final_grid.exists():  # train.num_grid 0 draws none
-                (self.out_dir / "samples.png").write_bytes(final_grid.read_bytes())
+                write_atomic(self.out_dir / "samples.png", lambda f: f.write(final_grid.read_bytes()))
 
     def state_dict(self) -> dict:
         return {}
@@ -465,7 +466,10 @@ def fit(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_dir: 
     if 0 < iterations <= cfg.train.warmup:
         raise RddError(f"train.warmup {cfg.train.warmup} is not shorter than the run ({iterations} iterations); "
                        "lower train.warmup or train longer")
-    tc = cfg.train
+    tc, dc = cfg.train, cfg.data
+    check_memory(f"a batch of {tc.batch_size} and a grid of {tc.num_grid} {dc.channels}x{dc.resolution}x{dc.resolution} images",
+                 image_bytes(3 * tc.batch_size + tc.num_grid, dc.channels, dc.resolution),
+                 "lower train.batch_size, train.num_grid or data.resolution")
     plan = RunPlan(files=DIFFUSION_FILES, recipe=adam_recipe(tc, lr, iterations),
                    batches=diffusion_batches(cfg, ctx),  # checked before the folder is touched
                    hooks=SampleOutputs(cfg, Path(out_dir), meta, grid_steps, ctx.device), iterations=iterations,
@@ -488,11 +492,24 @@ def run_loop(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_
         return _train(cfg, model, objective, out_dir, ctx, expected, plan, resume=resume)
 
 
+def check_snapshot_at(cfg: ExperimentConfig, iterations: int) -> None:
+    """A snapshot is taken before the last iteration; the finished model is model.pt."""
+    late = [step for step in cfg.train.snapshot_at if step >= iterations]
+    if late:
+        raise RddError(f"train.snapshot_at {late[0]} is not before the run's last iteration ({iterations}); the finished "
+                       "model is model.pt: drop it or train longer")
+
+
 def _read_state(path: Path, out_dir: Path, iterations: int, resume: bool) -> dict | None:
     """The training state to resume from, checked before anything is written: a refused resume leaves the folder as it was."""
     state = load_checkpoint(path) if resume and path.is_file() else None
     if state is not None:
         require_keys(state, ["model", "ema", "optimizer", "scheduler", "step", "rng", "data", "objective"], path, "training-state")
+        kinds = {"step": int, "optimizer": dict, "scheduler": dict, "rng": list, "data": dict}
+        wrong = next((key for key, kind in kinds.items() if not isinstance(state[key], kind) or isinstance(state[key], bool)), None)
+        if wrong or state["step"] < 0 or not all(isinstance(state["data"].get(k), int) for k in ("epoch", "taken")):
+            raise RddError(f"checkpoint '{path}': field '{wrong or 'step/data'}' is not what rdd writes "
+                           f"({type(state[wrong or 'data']).__name__}); start the run over with --overwrite")
         if state["step"] > iterations:
             raise RddError(f"the run in '{out_dir}' has done {state['step']} steps; resuming it for {iterations} would undo "
                            f"some: set the iterations to at least {state['step']}, or start over with --overwrite")
@@ -510,8 +527,8 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
         writer.resume(state)
     elif ctx.is_main and (out_dir / files.metrics).exists():
         (out_dir / files.metrics).unlink()
-    if ctx.is_main:
-        write_json_atomic(out_dir / files.manifest, manifest)
+    if ctx.is_main:  # not finished until every output is written (rdd.rundir.is_finished)
+        write_json_atomic(out_dir / files.manifest, {**manifest, "finished": False})
     bar = tqdm(range(trainer.step, plan.iterations), initial=trainer.step, total=plan.iterations, desc=plan.desc,
                disable=not (ctx.is_main and plan.progress), dynamic_ncols=True)
     for _ in bar:
@@ -523,6 +540,8 @@ def _train(cfg: ExperimentConfig, model: nn.Module, objective: Objective, out_di
             raise writer.diverged(trainer.step + 1, f"the loss or its gradient is not finite ({e})") from None
         writer.after_step(trainer.step, loss, logs, grad_norm, bar)
     writer.finish()
+    if ctx.is_main:
+        write_json_atomic(out_dir / files.manifest, {**manifest, "finished": True})
     return trainer.result
 
 
@@ -531,6 +550,7 @@ def train_base_model(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContex
     """A teacher from scratch: the config's U-Net on the truncated-SNR loss (Salimans & Ho 2022, as paper §5.1)."""
     from rdd.networks import build_model
 
+    check_snapshot_at(cfg, cfg.train.iterations)
     torch.manual_seed(cfg.train.seed)
     return fit(cfg, build_model(cfg.model, cfg.data), TruncatedSNRObjective(), out_dir, ctx, iterations=cfg.train.iterations,
                lr=cfg.train.lr, meta={"sampling_steps": None, "method": "base"}, resume=resume, overwrite=overwrite, desc=desc)

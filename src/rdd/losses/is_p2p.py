@@ -105,7 +105,7 @@ def _isp2p_forward(flat_s: torch.Tensor, flat_t: torch.Tensor, n: int, tau: floa
     computes its tile against images J >= I: softmax over the last dim gives the pairs (i, j), and
     over the second dim (for j past the block) the transposed pairs (j, i).
     """
-    a, c = flat_s.shape[0] // n, flat_s.shape[1]
+    a = flat_s.shape[0] // n  # pixels per image
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     loss = flat_s.new_zeros(())

@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rdd.limits import check_memory
 from rdd.losses.pixels import unit_pixels
 
 
@@ -48,6 +49,8 @@ class PixelQueue(nn.Module):
                  draw_from: str = "filled", wrap: str = "ring"):
         super().__init__()
         self.layout, self.draw_from, self.wrap = layout, draw_from, wrap
+        check_memory(f"the pixel queue of distill.queue_size {size:,} x {dim} features", 2 * size * dim * 4,
+                     "lower distill.queue_size")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         queue = torch.randn(size, dim, generator=generator)
         self.register_buffer("queue", nn.functional.normalize(queue, dim=1))
