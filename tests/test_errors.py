@@ -128,9 +128,9 @@ def no_sampling(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["sample", "--num", "0"], "--num 0"),
+    (["sample", "--num", "0"], "--num-samples 0"),  # a bare --num still works: argparse's abbreviation
     (["sample", "--batch-size", "0"], "--batch-size 0"),
-    (["eval", "--num", "0"], "--num 0"),  # once silently 10,000
+    (["eval", "--num-samples", "0"], "--num-samples 0"),  # once silently 10,000
     (["eval", "--num", "1"], "at least 10 samples"),
     (["eval", "--batch-size", "0"], "--batch-size 0"),
 ])
@@ -216,3 +216,39 @@ def test_the_interrupt_hint_fits_the_command(capsys, monkeypatch):
     assert main(["progressive", "--teacher", "t.pt", "--out", "x"]) == 130
     err = capsys.readouterr().err
     assert "run the same command again to resume" in err and "--resume" not in err
+
+
+def test_torchrun_passes_every_option_of_every_command_to_rdd(capsys):
+    """torchrun's own parser reads the whole command line: an rdd option that could be one of torchrun's
+    (a bare --num was its --numa-binding) stops every `torchrun ... -m rdd` command that uses it."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from rdd.cli import build_parser
+
+    torchrun = get_args_parser()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    refused = []
+    for name, parser in commands.items():
+        for option in (s for action in parser._actions for s in action.option_strings):
+            try:
+                passed = torchrun.parse_args(["--nproc-per-node", "1", "-m", "rdd", name, option, "1"]).training_script_args
+            except SystemExit:
+                passed = None
+            if passed != [name, option, "1"]:
+                refused.append(f"{name} {option}")
+    capsys.readouterr()
+    assert not refused, f"torchrun does not pass these to rdd: {refused}"
+
+
+@pytest.mark.parametrize("settings, needle", [
+    (["data.dataset=cifar10", "data.channels=1"], "set data.channels=3"),
+    (["data.dataset=imagenet64", "data.channels=3", "data.resize=pad"], "leave data.resize at bilinear"),
+])
+def test_settings_a_data_set_cannot_honour_are_refused(capsys, tmp_path, settings, needle):
+    """Once ignored: ImageNet was resized whatever data.resize said; CIFAR-10 read as grey crashed in the network."""
+    code, err = run_cli(capsys, "train", *[a for s in settings for a in ("--set", s)], "--set", f"data.root={tmp_path}",
+                        "--out", str(tmp_path / "run"))
+    assert_one_line(code, err, needle)
+    assert not (tmp_path / "run").exists()

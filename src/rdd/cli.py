@@ -110,8 +110,8 @@ def cmd_sample(args) -> None:
 
     if not args.out and not args.npz:
         raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
-    if args.num < 1:
-        raise RddError(f"--num {args.num}: sample at least 1 image")
+    if args.num_samples < 1:
+        raise RddError(f"--num-samples {args.num_samples}: sample at least 1 image")
     if args.batch_size < 1:
         raise RddError(f"--batch-size {args.batch_size}: use at least 1")
     for path, flag, suffixes in ((args.out, "--out", GRID_SUFFIXES), (args.npz, "--npz", (".npz",))):
@@ -123,8 +123,8 @@ def cmd_sample(args) -> None:
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
     steps = resolve_steps(meta, args.steps)
     if args.npz:
-        check_disk(args.npz, args.num * cfg.data.resolution ** 2 * 3, "--npz")
-    images, labels = generate_labelled(model, cfg, steps, args.num, args.seed, args.batch_size, args.sampler, device,
+        check_disk(args.npz, args.num_samples * cfg.data.resolution ** 2 * 3, "--npz")
+    images, labels = generate_labelled(model, cfg, steps, args.num_samples, args.seed, args.batch_size, args.sampler, device,
                                        class_label=args.class_label)
     if args.out:
         scale = args.scale or max(1, GRID_TILE // cfg.data.resolution)
@@ -148,7 +148,7 @@ def cmd_eval(args) -> None:
     if args.reference_cache:  # a cache is rewritten when stale: never one of the inputs
         check_output_path(args.reference_cache, "--reference-cache", inputs)
     ctx = init_distributed()
-    result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num, args.seed, args.batch_size,
+    result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num_samples, args.seed, args.batch_size,
                                  args.evalnet, args.inception_weights, args.reference_cache, device=ctx.device,
                                  progress=ctx.is_main, ctx=ctx)
     if result is None:  # another process of torchrun's: the main one measures and writes
@@ -182,7 +182,7 @@ def cmd_train_evalnet(args) -> None:
 def cmd_report(args) -> None:
     from rdd.report import report_folder
 
-    print(f"wrote {report_folder(args.dir, args.evalnet, args.num, args.seed, args.overwrite)}")
+    print(f"wrote {report_folder(args.dir, args.evalnet, args.num_samples, args.seed, args.overwrite)}")
 
 
 def cmd_sweep(args) -> None:
@@ -220,7 +220,7 @@ def cmd_benchmark(args) -> None:
 def cmd_demo(args) -> None:
     from rdd.demo import ASSETS, run_demo
 
-    print(f"wrote {run_demo(args.out, args.overrides, args.num, args.assets or ASSETS)}")
+    print(f"wrote {run_demo(args.out, args.overrides, args.num_samples, args.assets or ASSETS)}")
 
 
 GRID_TILE = 64  # `rdd sample` upscales smaller images to tiles of at least this many pixels
@@ -348,10 +348,15 @@ def _add_sweep_command(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+# Only the long name: torchrun's own parser sees the whole command line and stops at a bare --num, which
+# could be its --numa-binding. Called directly, `rdd sample --num 4` still works (argparse's abbreviation).
+NUM_SAMPLES = "--num-samples"
+
+
 def _add_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="sample a grid and/or an .npz from a checkpoint")
     _add_sampling_args(p)
-    p.add_argument("--num", type=int, default=64, help="number of images")
+    p.add_argument(NUM_SAMPLES, type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
     p.add_argument("--out", help="PNG grid to write")
     p.add_argument("--scale", type=bounded_int(1, 64),
@@ -364,9 +369,7 @@ def _add_model_commands(sub) -> None:
 
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
     _add_sampling_args(p)
-    # torchrun reads a bare --num as its own --numa-binding: under torchrun spell it --num-samples.
-    p.add_argument("--num", "--num-samples", dest="num", type=int,
-                   help="number of samples (default: eval.num_samples, 10000); --num-samples under torchrun")
+    p.add_argument(NUM_SAMPLES, type=int, help="number of samples (default: eval.num_samples, 10000)")
     p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
     p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS (default: the shipped "
                                      "assets/fmnist/evalnet.pt for 16x16 Fashion-MNIST models)")
@@ -389,7 +392,7 @@ def _add_page_commands(sub) -> None:
     p = sub.add_parser("report", help="Markdown page with table, same-noise grids and loss curves of a folder of runs")
     p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
-    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument(NUM_SAMPLES, type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--seed", type=SEED, default=0, help="noise seed of the samples (the same for every model)")
     p.add_argument("--overwrite", action="store_true", help="replace report.md and report/ if they exist")
     p.set_defaults(func=cmd_report)
@@ -406,7 +409,7 @@ def _add_page_commands(sub) -> None:
 
     p = sub.add_parser("demo", help="distil the shipped 2-step model to 1 step with PD, RCFD and RDD, evaluate, report")
     p.add_argument("--out", default="demo", help="output folder")
-    p.add_argument("--num", type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument(NUM_SAMPLES, type=int, default=2000, help="samples per model for FD/IS")
     p.add_argument("--assets", help="folder of the shipped models and their SHA256SUMS (default: the repository's assets/fmnist)")
     _add_overrides(p, "demo")
     p.set_defaults(func=cmd_demo)

@@ -334,9 +334,6 @@ def image_folder(cfg: DataConfig, split: str) -> Dataset:
             raise RddError(f"data.root '{cfg.root}' is one pool of images with no test split; set data.holdout=N to "
                            "hold out N of them for evaluation")
         return load_dataset(cfg, "val")
-    if cfg.resize != "bilinear":
-        raise RddError(f"data.resize={cfg.resize} pads Fashion-MNIST's small images; a folder's images are resized "
-                       "and center-cropped: leave data.resize at bilinear")
     root = _folder_root(cfg)
     files, labels, classes = folder_images(root)
     cache = _folder_cache_path(cfg, root, files)
@@ -410,6 +407,7 @@ def _image_folder_shape(cfg: DataConfig) -> tuple[int, int, Path]:
 def check_dataset(cfg: DataConfig) -> None:
     """The data a long protocol reads, checked before its first stage: the folder layout, the stored image
     size (not after resizing) and the number of classes, each refused in one line."""
+    check_reading(cfg)
     expected = class_count(cfg)
     if cfg.dataset == "cifar10":
         where = cifar10_folder(cfg)
@@ -428,10 +426,21 @@ def check_dataset(cfg: DataConfig) -> None:
                        f"{', model.num_classes' if cfg.dataset == 'imagenet64' else ''}); point data.root at the whole data set")
 
 
+def check_reading(cfg: DataConfig) -> None:
+    """Settings a data set cannot honour are refused, not ignored: colour data read as grey, padding where
+    images are resized and center-cropped (ImageNet's and a folder's)."""
+    if NATIVE_CHANNELS.get(cfg.dataset) == 3 and cfg.channels != 3:
+        raise RddError(f"{cfg.dataset} has colour images but data.channels is {cfg.channels}; set data.channels=3")
+    if cfg.resize != "bilinear" and cfg.dataset in ("imagenet64", "folder"):
+        raise RddError(f"data.resize={cfg.resize} pads small images to data.resolution; {cfg.dataset}'s images are resized "
+                       "and center-cropped: leave data.resize at bilinear")
+
+
 def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     """`train`, `val` (the last data.holdout training images, never trained on) or `test`."""
     if cfg.dataset not in DATASETS:
         raise RddError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
+    check_reading(cfg)
     if cfg.root and not Path(cfg.root).is_dir():
         raise RddError(f"data.root '{cfg.root}' is not a folder; create it, fix the path, or unset data.root for the default location")
     if split == "test" or (split == "train" and not cfg.holdout):

@@ -59,7 +59,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
 
     out, assets_dir = Path(out), Path(assets_dir)
     if num_samples < 2:
-        raise RddError(f"--num {num_samples}: the Fréchet distance needs at least 2 samples per model")
+        raise RddError(f"--num-samples {num_samples}: the Fréchet distance needs at least 2 samples per model")
     if not (assets_dir / "SHA256SUMS").is_file():
         train_small_teacher(out, overrides)
         return out / "teacher" / "samples.png"

@@ -55,7 +55,7 @@ IS_SPLITS = 10
 MIN_SAMPLES = IS_SPLITS  # IS averages over 10 splits, FD needs a covariance: fewer cannot be computed
 
 
-def check_sample_count(num: int, flag: str = "--num") -> None:
+def check_sample_count(num: int, flag: str = "--num-samples") -> None:
     if num < MIN_SAMPLES:
         raise RddError(f"{flag} {num}: FD and IS need at least {MIN_SAMPLES} samples (IS averages over {IS_SPLITS} splits); "
                        "use thousands for numbers worth comparing")
@@ -65,7 +65,7 @@ def check_finite_result(result: dict, num: int) -> None:
     """Numbers that could not be computed are refused, never written as nan."""
     bad = [key for key, value in result.items() if isinstance(value, float) and not np.isfinite(value)]
     if bad:
-        raise RddError(f"{', '.join(bad)} could not be computed from {num} samples (nan or inf); use more samples (--num)")
+        raise RddError(f"{', '.join(bad)} could not be computed from {num} samples (nan or inf); use more samples (--num-samples)")
 
 
 def inception_score(logits, splits: int = IS_SPLITS) -> tuple[float, float]:

@@ -347,7 +347,7 @@ def write_benchmark_results(bc, out: Path, dest: Path | None = None, config_path
     lines += ["", "## Machine and commands", "", f"- Machine: {machine_line()}.",
               f"- Everything above: `{command}` (resumable: finished stages are skipped; run folders, logs and checkpoints "
               f"under `{out}`).",
-              f"- One row again: `rdd eval --ckpt CKPT --steps N --num {bc.eval_samples} --seed {bc.eval_seed} "
+              f"- One row again: `rdd eval --ckpt CKPT --steps N --num-samples {bc.eval_samples} --seed {bc.eval_seed} "
               + (f"--evalnet {out}/evalnet/evalnet.pt" if bc.evalnet_config else f"--inception-weights {bc.inception_weights or 'W'}")
               + "` (the `ckpt` of each row is in results.json)."]
     lines += stage_table(out) + ["", "## Wall time per stage (s)", ""]

@@ -41,7 +41,7 @@ def check_sample_memory(cfg, num: int, batch_size: int) -> None:
     dc = cfg.data
     check_memory(f"{num:,} images of {dc.channels}x{dc.resolution}x{dc.resolution}",
                  image_bytes(num + min(num, batch_size), dc.channels, dc.resolution),
-                 "draw fewer images (--num), or several smaller runs")
+                 "draw fewer images (--num-samples), or several smaller runs")
 
 
 def generate(model, cfg, steps: int, num: int, seed: int, batch_size: int = 500, sampler: str = "ddim",
