@@ -36,7 +36,8 @@ def test_missing_config_file(capsys, tmp_path):
 def test_missing_data(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = run_cli(capsys, "train", "--set", "data.dataset=imagenet64", "--set", f"data.root={empty}", "--out", str(tmp_path / "o"))
+    code, err = run_cli(capsys, "train", "--set", "data.dataset=imagenet64", "--set", "data.channels=3", "--set", f"data.root={empty}",
+                        "--out", str(tmp_path / "o"))
     assert_one_line(code, err, "ImageNet", "data.root")
     code, err = run_cli(capsys, "train", "--set", "data.dataset=cifar100", "--out", str(tmp_path / "o"))
     assert_one_line(code, err, "cifar100", "fashion_mnist")

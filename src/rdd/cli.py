@@ -17,11 +17,8 @@ from rdd.registry import METHODS, SAMPLERS
 def cmd_train(args) -> None:
     from rdd.config import load_config
     from rdd.distributed import init_distributed
-    from rdd.rundir import require_run_to_resume
     from rdd.training import train_base_model
 
-    if args.resume:
-        require_run_to_resume(args.out)
     ctx = init_distributed()
     train_base_model(load_config(args.config, args.overrides, "train"), args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -46,13 +43,10 @@ def _distill_config(args):
 def cmd_distill(args) -> None:
     from rdd.distill import per_stage, run_stage
     from rdd.distributed import init_distributed
-    from rdd.rundir import require_run_to_resume
     from rdd.training import check_snapshot_at
 
     cfg = _distill_config(args)
     check_snapshot_at(cfg, per_stage(cfg.distill.iterations, args.stage))
-    if args.resume:
-        require_run_to_resume(args.out)
     ctx = init_distributed()
     run_stage(cfg, args.teacher, args.out, ctx, stage_index=args.stage, resume=args.resume, overwrite=args.overwrite)
 
@@ -74,12 +68,8 @@ def cmd_train_classifier(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
     from rdd.distributed import init_distributed
-    from rdd.layout import RUN_FILES
-    from rdd.rundir import require_run_to_resume
 
     cfg = load_config(args.config, args.overrides, "train-classifier")
-    if args.resume:
-        require_run_to_resume(args.out, RUN_FILES["classifier"])
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -163,16 +153,12 @@ def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
     from rdd.config import load_config
     from rdd.distributed import init_distributed
-    from rdd.layout import RUN_FILES
     from rdd.metrics import EVALNET_SEED_OFFSET
-    from rdd.rundir import require_run_to_resume
 
     cfg = load_config(args.config, args.overrides, "train-evalnet")
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
     seed = cfg.classifier.seed if cfg.classifier.arch == "evalnet-cnn" else cfg.classifier.seed + EVALNET_SEED_OFFSET
-    if args.resume:
-        require_run_to_resume(args.out, RUN_FILES["evalnet"])
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, arch="evalnet-cnn", seed=seed, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
@@ -429,10 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that take --resume, and the kind of run (rdd.layout.RUN_FILES) each continues.
+RESUMABLE = {"train": "train", "distill": "distill", "train-classifier": "classifier", "train-evalnet": "evalnet"}
+
+
+def require_resumable(args) -> None:
+    """--resume of a folder that holds no run of the command's kind (a typo) is refused before any work."""
+    from rdd.layout import RUN_FILES
+    from rdd.rundir import require_run_to_resume
+
+    if getattr(args, "resume", False):
+        require_run_to_resume(args.out, RUN_FILES[RESUMABLE[args.command]])
+
+
 def resume_hint(args) -> str:
     """How the interrupted command continues; the commands not named here start over."""
     overwrite = getattr(args, "overwrite", False)
-    if args.command in ("train", "distill", "train-classifier", "train-evalnet"):
+    if args.command in RESUMABLE:
         return "; resume with the same command and --resume" + (" instead of --overwrite" if overwrite else "")
     if args.command in ("progressive", "benchmark", "sweep", "demo"):  # they always resume
         return "; run the same command again" + (" without --overwrite" if overwrite else "") + " to resume"
@@ -481,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     try:
         check_path_arguments(args)
+        require_resumable(args)
         args.func(args)
     except RddError as e:
         print(f"rdd: error: {one_line(e, 2000)}", file=sys.stderr)
