@@ -59,7 +59,8 @@ class Results:
         if key not in self.data:
             start = time.time()
             r = evaluate_checkpoint(ckpt, steps, num_samples=args.num, seed=0, evalnet=str(EVALNET), progress=False,
-                                    reference_split=args.reference, holdout=10000, device=default_device())
+                                    reference_split=args.reference, holdout=10000, device=default_device(),
+                                    data_overrides=["data.dataset=fashion_mnist"])  # a teacher folder names no data set
             # Merged into what the file holds now: one process per seed may share the file.
             on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
             self.data = {**on_disk, **self.data, key: {"fd": r["fd"], "steps": steps, "ckpt": str(ckpt),

@@ -253,3 +253,56 @@ def test_settings_a_data_set_cannot_honour_are_refused(capsys, tmp_path, setting
                         "--out", str(tmp_path / "run"))
     assert_one_line(code, err, needle)
     assert not (tmp_path / "run").exists()
+
+
+EIGHT_STEP = str(ROOT / "assets/fmnist/eight_step.pt")
+DISTILL_ARGS = ["--config", "configs/fmnist/distill.yaml", "--teacher", EIGHT_STEP]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["distill", *DISTILL_ARGS, "--set", "distill.target_steps=2"], ["sets distill.target_steps", "rdd progressive --to"]),
+    (["progressive", *DISTILL_ARGS, "--to", "2", "--set", "distill.target_steps=4"], ["--to 2", "disagree"]),
+    (["progressive", *DISTILL_ARGS, "--set", "train.snapshot_at=[5]", "distill.iterations=[2]"], ["train.snapshot_at 5"]),
+    (["distill", *DISTILL_ARGS, "--set", "distill.queue_size=1000"], ["distill.queue_size", "2048"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "train.seed=7"], ["sets train.seed", "--seeds"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "data.holdout=100,200"], ["--grid data.holdout", "--holdout"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "train.snapshot_at=[5]"], ["--eval-at"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "distill.beta=0.1", "--grid", "distill.beta=0.2"], ["twice"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "method=pd,rcfd", "--set", "distill.method=rdd"], ["pass one"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "distill.iterations=[100,500]", "--eval-at", "200"],
+     ["--eval-at 200", "(100)"]),
+    (["demo", "--set", "distill.method=pd"], ["sets distill.method", "pd, rcfd and rdd"]),
+    (["benchmark", "configs/fmnist/benchmark.yaml", "--set", "distill.iterations=[5]"], ["chain_iterations"]),
+    (["benchmark", "configs/fmnist/benchmark.yaml", "--set", "eval.num_samples=100"], ["eval_samples"]),
+    (["train-evalnet", "--set", "classifier.arch=densenet201"], ["evalnet-cnn"]),
+    (["eval", "--ckpt", str(ROOT / "assets/fmnist/eps_teacher"), "--evalnet", EVALNET], ["diffusers folder", "data.dataset"]),
+    (["eval", "--ckpt", TWO_STEP, "--evalnet", EVALNET, "--set", "eval.num_samples=100"], ["eval.num_samples"]),
+])
+def test_settings_a_command_would_override_or_ignore_are_refused(capsys, tmp_path, argv, needles):
+    """Each of these once ran, with the setting silently overwritten, ignored, or (eval) measured against the wrong data."""
+    out = ["--out", str(tmp_path / "o")] if argv[0] not in ("eval", "benchmark") else []
+    assert_one_line(*run_cli(capsys, *argv, *out), *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_negative_stage_index_is_refused(capsys, tmp_path):
+    """--stage -1 once picked the second-to-last per-stage value."""
+    with pytest.raises(SystemExit) as stop:
+        main(["distill", *DISTILL_ARGS, "--stage", "-1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "--stage: -1 is outside 0..1,000" in err and len(err.splitlines()) == 1
+
+
+def test_a_sweep_trains_on_its_teachers_data(tmp_path):
+    """As rdd distill does, a sweep whose config leaves the data set unnamed takes the teacher's (it once
+    trained and scored on Fashion-MNIST whatever the teacher learned from)."""
+    from rdd.checkpoint import save_checkpoint
+    from rdd.sweep import SweepSpec, expand, run_config
+
+    state = load_checkpoint(ROOT / "assets/fmnist/eight_step.pt")
+    state["config"]["data"].update(dataset="folder", root=str(tmp_path), holdout=5)
+    save_checkpoint(state, tmp_path / "teacher.pt")
+    spec = SweepSpec(config=None, teacher=str(tmp_path / "teacher.pt"), out=str(tmp_path / "sweep"), grid=[], seeds=[0],
+                     holdout=7)
+    data = run_config(spec, expand(spec)[0]).data
+    assert (data.dataset, data.root, data.holdout) == ("folder", str(tmp_path), 7)  # --holdout is the sweep's own

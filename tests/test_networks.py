@@ -26,3 +26,17 @@ def test_time_enters_as_a_continuous_value_and_labels_matter():
         c = model(z, torch.tensor([0.5, 0.5]), torch.tensor([2, 2]))
     assert a.shape == z.shape
     assert 0 < (a - b).abs().max() < 0.1 and (a - c).abs().max() > 0
+
+
+def test_a_student_trains_with_the_stages_dropout_not_its_teachers():
+    """CIFAR-10's base model trains with dropout 0.1 and its students with none (the public code); the
+    student copy once kept the teacher's 0.1 while its config said 0."""
+    from rdd.networks import student_copy
+
+    teacher = build_model(ModelConfig(name="tiny", dropout=0.1), DataConfig())
+    resnet_p = lambda m: {d.p for n, d in m.named_modules() if isinstance(d, torch.nn.Dropout) and "resnets" in n}
+    assert resnet_p(teacher) == {0.1}
+    assert resnet_p(student_copy(teacher, dropout=0.0)) == {0.0} and resnet_p(teacher) == {0.1}
+    assert resnet_p(student_copy(teacher)) == {0.1}
+    attention_p = {d.p for n, d in student_copy(teacher, dropout=0.3).named_modules() if isinstance(d, torch.nn.Dropout) and "resnets" not in n}
+    assert attention_p <= {0.0}  # attention's own dropout is not UNet2DModel(dropout=...)'s

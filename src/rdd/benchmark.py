@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdd.config import MAX_STEPS, ConfigError, ExperimentConfig, apply_overrides, build_dataclass, load_config, read_yaml_config
+from rdd.config import (MAX_STEPS, ConfigError, ExperimentConfig, apply_overrides, build_dataclass, check_not_set_by_command,
+                        command_line_keys, load_config, read_yaml_config)
 from rdd.distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from rdd.dryrun import DryRunConfig
 from rdd.files import read_json_record, write_json_atomic
@@ -63,6 +64,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None, 
         raise ConfigError(f"benchmark config '{path}' not found; e.g. configs/fmnist/benchmark.yaml")
     overrides = overrides or []
     for_stages = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in STAGE_SECTIONS]
+    check_not_set_by_command("benchmark", command_line_keys(for_stages))
     bc = build_dataclass(BenchmarkConfig, apply_overrides(read_yaml_config(path), [o for o in overrides if o not in for_stages]))
     bc.overrides = bc.overrides + for_stages
     check_benchmark(bc, dry_run)

@@ -206,6 +206,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, ctx: DistContex
     """
     cc = cfg.classifier
     arch, seed = arch or cc.arch, cc.seed if seed is None else seed
+    cfg = dataclasses.replace(cfg, classifier=dataclasses.replace(cc, arch=arch, seed=seed))  # what ran is what is kept
     ctx = ctx or DistContext(0, 1, default_device())
     train_limit = train_limit if train_limit is not None else cc.train_limit
     batches = Batches(_first(load_dataset(cfg.data, "train"), train_limit), per_rank_batch(cc.batch_size, ctx, "classifier.batch_size"),

@@ -26,10 +26,15 @@ def cmd_train(args) -> None:
 
 
 def _distill_config(args):
+    from rdd.config import check_not_set_by_command, command_line_keys
     from rdd.distill import load_stage_config
     from rdd.registry import check_method
 
     overrides = list(args.overrides)
+    check_not_set_by_command(args.command, command_line_keys(overrides))
+    asked_to = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "distill.target_steps"]
+    if getattr(args, "to", None) is not None and asked_to and asked_to[-1] != str(args.to):
+        raise RddError(f"--to {args.to} and --set distill.target_steps={asked_to[-1]} disagree; pass one of them")
     if args.method:
         asked = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "distill.method"]
         if asked and asked[-1] != args.method:
@@ -54,8 +59,10 @@ def cmd_distill(args) -> None:
 def cmd_progressive(args) -> None:
     from rdd.distill import run_progressive
     from rdd.distributed import init_distributed
+    from rdd.training import check_snapshot_at
 
     cfg = _distill_config(args)
+    check_snapshot_at(cfg, min(cfg.distill.iterations))  # every stage takes the snapshots
     if args.to is not None:
         cfg.distill.target_steps = args.to
     ctx = init_distributed()
@@ -140,7 +147,7 @@ def cmd_eval(args) -> None:
     ctx = init_distributed()
     result = evaluate_checkpoint(args.ckpt, args.steps, args.sampler, args.num_samples, args.seed, args.batch_size,
                                  args.evalnet, args.inception_weights, args.reference_cache, device=ctx.device,
-                                 progress=ctx.is_main, ctx=ctx)
+                                 progress=ctx.is_main, ctx=ctx, data_overrides=args.overrides)
     if result is None:  # another process of torchrun's: the main one measures and writes
         return
     print(format_result(result))
@@ -151,10 +158,11 @@ def cmd_eval(args) -> None:
 
 def cmd_train_evalnet(args) -> None:
     from rdd.classifier import train_classifier
-    from rdd.config import load_config
+    from rdd.config import check_not_set_by_command, command_line_keys, load_config
     from rdd.distributed import init_distributed
     from rdd.metrics import EVALNET_SEED_OFFSET
 
+    check_not_set_by_command("train-evalnet", command_line_keys(args.overrides))
     cfg = load_config(args.config, args.overrides, "train-evalnet")
     # A config written for the evaluation network (configs/fmnist/evalnet.yaml) is used as it is; a
     # distillation classifier's config gets another seed, so the two networks never share one.
@@ -162,7 +170,8 @@ def cmd_train_evalnet(args) -> None:
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, arch="evalnet-cnn", seed=seed, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
-        print(f"evalnet test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} (pass it to rdd eval --evalnet)")
+        print(f"evalnet (evalnet-cnn, seed {seed}) test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} "
+              "(pass it to rdd eval --evalnet)")
 
 
 def cmd_report(args) -> None:
@@ -212,7 +221,8 @@ def cmd_demo(args) -> None:
 GRID_TILE = 64  # `rdd sample` upscales smaller images to tiles of at least this many pixels
 # A --set example each command reads (a key it does not read is refused: docs/data.md).
 SET_EXAMPLES = {"train": "train.iterations=100 train.lr=1e-3", "train-classifier": "classifier.epochs=5 classifier.lr=0.05",
-                "train-evalnet": "classifier.epochs=5 classifier.lr=0.05", "benchmark": "eval_samples=2000 ablation_seeds=[0]"}
+                "train-evalnet": "classifier.epochs=5 classifier.lr=0.05", "benchmark": "eval_samples=2000 ablation_seeds=[0]",
+                "eval": "data.dataset=cifar10 data.root=DIR"}
 STAGE_SET_EXAMPLE = "distill.iterations=[100] train.lr=1e-3"
 
 
@@ -291,7 +301,7 @@ def _add_training_commands(sub) -> None:
                                         "(default: distill.method)")
         p.add_argument("--out", required=True, help="run folder")
         if name == "distill":
-            p.add_argument("--stage", type=int, default=0, help="index into the per-stage lists (iterations, tau_cfd)")
+            p.add_argument("--stage", type=bounded_int(0, 1000), default=0, help="index into the per-stage lists (iterations, tau_cfd)")
             p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
         else:
             p.add_argument("--to", type=int, help="target step count (default: distill.target_steps)")
@@ -356,6 +366,7 @@ def _add_model_commands(sub) -> None:
     p = sub.add_parser("eval", help="sample from a checkpoint and report FD/IS (evalnet) and/or FID/IS/KID (Inception)")
     _add_sampling_args(p)
     p.add_argument(NUM_SAMPLES, type=int, help="number of samples (default: eval.num_samples, 10000)")
+    _add_overrides(p, "eval")
     p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
     p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS (default: the shipped "
                                      "assets/fmnist/evalnet.pt for 16x16 Fashion-MNIST models)")

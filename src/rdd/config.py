@@ -160,7 +160,7 @@ class DistillConfig:
     loss_weight: str = "auto"  # auto | truncated_snr | snr | epsilon_v
 
     def __post_init__(self):
-        from rdd.fidelity import FIDELITY_CHOICES, SWITCH_CHOICES
+        from rdd.fidelity import FIDELITY_CHOICES, PRESETS, SWITCH_CHOICES
 
         _check_choice("distill.fidelity", self.fidelity, FIDELITY_CHOICES)
         _check_choice("distill.is_p2p_scope", self.is_p2p_scope, ("local", "global"))
@@ -188,8 +188,11 @@ class DistillConfig:
                f"at least distill.push_per_step ({self.push_per_step})")
         if self.num_contrast is not None:
             _at_least("distill.num_contrast", self.num_contrast, 1)
-            _check("distill.queue_size", self.queue_size, self.queue_size >= self.num_contrast,
-                   f"at least distill.num_contrast ({self.num_contrast})")
+        # M_P2P draws V rows of the queue: a smaller queue would hand it the same rows again and again.
+        contrast = self.num_contrast or PRESETS[self.fidelity]["num_contrast"]
+        _check("distill.queue_size", self.queue_size, self.queue_size >= contrast,
+               f"at least distill.num_contrast ({contrast}" + ("" if self.num_contrast else f", fidelity={self.fidelity}'s V")
+               + "), or set distill.num_contrast lower")
 
 
 @dataclass
@@ -407,7 +410,7 @@ _CLASSIFIER_READS = (("data", "classifier"), ("classifier.checkpoint",))
 _STAGE_READS = (("model.dropout", "data", "train", "classifier.checkpoint", "distill", "eval"),
                 ("train.iterations", "train.sample_steps"))
 _STAGE_COMMANDS = ("distill", "progressive", "sweep", "demo")
-COMMAND_READS = {"train": (("model", "data", "train", "eval"), ()),
+COMMAND_READS = {"train": (("model", "data", "train", "eval"), ()), "eval": (("data",), ()),
                  "train-classifier": _CLASSIFIER_READS, "train-evalnet": _CLASSIFIER_READS,
                  **{command: _STAGE_READS for command in _STAGE_COMMANDS}}
 _WHY_NOT_READ = {**{command: {"model": "the student is a copy of its teacher's network",
@@ -416,6 +419,45 @@ _WHY_NOT_READ = {**{command: {"model": "the student is a copy of its teacher's n
                     for command in _STAGE_COMMANDS},
                  **{command: {"classifier.checkpoint": "the classifier is written to --out"}
                     for command in ("train-classifier", "train-evalnet")}}
+
+
+# Keys a command sets itself: given on its command line they would be overwritten, so they are refused, naming
+# what sets them.
+SET_BY_COMMAND = {
+    "distill": {"distill.target_steps": "it runs one stage N -> N/2; for a chain to T steps use rdd progressive --to T"},
+    "sweep": {"train.seed": "list the seeds in --seeds", "data.holdout": "use --holdout", "train.snapshot_at": "use --eval-at",
+              "distill.target_steps": "use --to (without it a sweep runs one stage)"},
+    "demo": {"distill.method": "it distils with pd, rcfd and rdd in turn", "distill.teacher_steps": "it distils the "
+             "shipped 2-step model", "distill.target_steps": "it distils 2 -> 1", "classifier.checkpoint": "it uses the "
+             "classifier of --assets"},
+    "train-evalnet": {"classifier.arch": "the evaluation network is always evalnet-cnn",
+                      "classifier.stem": "the evaluation network (evalnet-cnn) has no stem to choose"},
+    "benchmark": {"distill.method": "set chain_methods or ablation_methods", "distill.teacher_steps": "set teacher_steps",
+                  "distill.target_steps": "set pd_to", "distill.iterations": "set pd_iterations, chain_iterations or "
+                  "ablation_iterations", "classifier.checkpoint": "set classifier_checkpoint", "train.seed": "the "
+                  "distillation stages run seed 0 and the ablation its ablation_seeds; a base model's seed goes in "
+                  "teacher_config's file", "eval": "set eval_samples and eval_seed"},
+}
+
+
+def with_data_overrides(data: DataConfig, overrides: list[str], command: str) -> DataConfig:
+    """`data` with the `--set data.KEY=VALUE` of a command that reads a model's own config (rdd eval), checked."""
+    given = command_line_keys(overrides)
+    check_read(command, {key: "on the command line" for key in given})
+    return from_dict({"data": {**dataclasses.asdict(data), **apply_overrides({}, overrides).get("data", {})}}).data
+
+
+def check_not_set_by_command(command: str, keys, flag: str = "--set") -> None:
+    """Refuse a key of the command line (`keys`: section.key names) that `command` sets itself."""
+    for key in keys:
+        for prefix, how in SET_BY_COMMAND.get(command, {}).items():
+            if _under(key, prefix):
+                raise ConfigError(f"rdd {command} sets {prefix} itself, so {flag} {key} would be ignored; {how}")
+
+
+def command_line_keys(overrides: list[str]) -> list[str]:
+    """The section.key names that `--set` overrides name."""
+    return list(flatten(apply_overrides({}, overrides)))
 
 
 def _under(key: str, prefix: str) -> bool:

@@ -12,7 +12,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from rdd.config import load_config
+from rdd.config import check_not_set_by_command, command_line_keys, load_config
 from rdd.distributed import init_distributed
 from rdd.errors import RddError
 from rdd.files import write_json_atomic, write_text_atomic
@@ -68,6 +68,7 @@ def run_demo(out: str | Path, overrides: list[str], num_samples: int, assets_dir
     if missing:
         raise RddError(f"'{assets_dir / 'SHA256SUMS'}' lists no {', '.join(missing)}; restore it with git checkout -- {assets_dir}")
     ctx = init_distributed()
+    check_not_set_by_command("demo", command_line_keys(overrides))
     cfg = load_config(DEMO_CONFIG, overrides, "demo")
     cfg.classifier = dataclasses.replace(cfg.classifier, checkpoint=str(assets["classifier"]))
     students = {}

@@ -63,7 +63,8 @@ def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: 
     A diffusers network keeps its schedule and reads its output as `reading` (rdd.networks.student_reading)."""
     model = dataclasses.replace(teacher_cfg.model, dropout=cfg.model.dropout)
     if model.diffusers:
-        model.diffusers = {**model.diffusers, "prediction_type": reading}
+        unet = {**model.diffusers["unet"], "dropout": cfg.model.dropout}
+        model.diffusers = {**model.diffusers, "unet": unet, "prediction_type": reading}
     return dataclasses.replace(cfg, model=model)
 
 
@@ -137,7 +138,7 @@ def build_stage(plan: StagePlan, ctx: DistContext) -> Stage:
     if classifier is not None:
         check_classifier_fits(classifier, plan.cfg, plan.classifier)
     objective = DistillationObjective(plan, classifier).to(ctx.device)
-    student = student_copy(plan.teacher, plan.reading["prediction_type"]).train().requires_grad_(True)
+    student = student_copy(plan.teacher, plan.reading["prediction_type"], plan.cfg.model.dropout).train().requires_grad_(True)
     return Stage(plan, student, objective)
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from rdd.checkpoint import load_checkpoint
-from rdd.config import DataConfig
+from rdd.config import DataConfig, command_line_keys, with_data_overrides
 from rdd.data import folder_stamp, load_dataset
 from rdd.distributed import DistContext, default_device
 from rdd.errors import RddError
@@ -266,13 +266,14 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
                         inception_weights: str | None = None, reference_cache: str | None = None,
                         device=None, progress: bool = True, reference_split: str = "test",
                         holdout: int | None = None, ctx: DistContext | None = None,
-                        reference_limit: int | None = None) -> dict | None:
+                        reference_limit: int | None = None, data_overrides: list[str] | None = None) -> dict | None:
     """Sample `num_samples` images from a checkpoint and measure them: domain FD/IS when an evalnet is
     given, Inception FID/IS/KID when Inception weights are. Unset arguments come from the checkpoint's
     `eval` config. `reference_cache` is the domain .npz; torch-fidelity's cache goes in the folder beside
     it (default: both in cache_dir()). Under torchrun (`ctx`) the processes share the sampling and the
     main one measures and returns the result; the others return None. `reference_limit`: FID against the
-    first N training images only (a dry run)."""
+    first N training images only (a dry run). `data_overrides` (data.KEY=VALUE) change the data the samples are
+    measured against; a diffusers folder names none, so it must name data.dataset."""
     from rdd.baselines import nfe
     from rdd.model_io import load_diffusion_model
     from rdd.sampling import check_sample_memory, generate, resolve_steps
@@ -281,8 +282,14 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         check_sample_count(num_samples)
     if batch_size is not None and batch_size < 1:
         raise RddError(f"--batch-size {batch_size}: use at least 1")
+    data_overrides = data_overrides or []
+    if Path(ckpt).is_dir() and "data.dataset" not in command_line_keys(data_overrides):
+        raise RddError(f"'{ckpt}' is a diffusers folder, which names no data set to measure its samples against; name it: "
+                       "--set data.dataset=fashion_mnist (or cifar10, imagenet64, or folder with data.root=DIR)")
     device = device or default_device()
     model, cfg, meta = load_diffusion_model(ckpt, device)
+    if data_overrides:
+        cfg.data = with_data_overrides(cfg.data, data_overrides, "eval")
     ec = cfg.eval
     num_samples = ec.num_samples if num_samples is None else num_samples
     batch_size = ec.batch_size if batch_size is None else batch_size

@@ -10,6 +10,7 @@ import copy
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from rdd.config import DataConfig, ModelConfig
@@ -102,10 +103,16 @@ def student_reading(teacher: XPredictionUNet, teacher_distilled: bool, asked: st
     return {"prediction_type": reading, "loss_weight": loss_weight, "alpha_at_t1": alpha_1, "reason": reason}
 
 
-def student_copy(teacher: XPredictionUNet, prediction_type: str | None = None) -> XPredictionUNet:
-    """A PD student starts as a copy of its teacher, read as `prediction_type` (default: the teacher's)."""
+def student_copy(teacher: XPredictionUNet, prediction_type: str | None = None, dropout: float | None = None) -> XPredictionUNet:
+    """A PD student starts as a copy of its teacher, read as `prediction_type` (default: the teacher's), with
+    the residual blocks' dropout set to `dropout` when given: a base model may train with dropout (CIFAR-10:
+    0.1) where its students train without."""
     student = copy.deepcopy(teacher)
     student.prediction_type = prediction_type or teacher.prediction_type
+    if dropout is not None:
+        for block in student.modules():
+            if isinstance(block, ResnetBlock2D):  # the dropout that UNet2DModel(dropout=...) sets; attention keeps its own
+                block.dropout.p = dropout
     return student
 
 

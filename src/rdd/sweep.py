@@ -59,6 +59,8 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
         values = [v.strip() for v in raw.split(",") if v.strip()] if sep else []
         if not key.strip() or not values:
             raise RddError(f"--grid '{item}' must look like section.key=v1,v2,... (e.g. distill.beta=0.01,0.1)")
+        if key.strip() in (k for k, _ in grid):
+            raise RddError(f"--grid {key.strip()} is given twice (only the last would run); list all its values in one --grid")
         grid.append((key.strip(), values))
     return grid
 
@@ -102,10 +104,11 @@ def run_overrides(spec: SweepSpec, run: RunSpec) -> list[str]:
 
 
 def run_config(spec: SweepSpec, run: RunSpec):
-    """The run's config: base file and the run's overrides; validated here."""
-    from rdd.config import load_config
+    """The run's config: base file and the run's overrides, the data following the teacher where they leave it
+    unnamed (as for rdd distill); validated here."""
+    from rdd.distill import load_stage_config
 
-    return load_config(spec.config, run_overrides(spec, run), "sweep")
+    return load_stage_config(spec.config, run_overrides(spec, run), spec.teacher, "sweep")
 
 
 def check_sweep(spec: SweepSpec) -> list[RunSpec]:
@@ -119,8 +122,12 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         raise RddError(f"evaluation network '{spec.evalnet}' not found; pass --evalnet (e.g. assets/fmnist/evalnet.pt)")
     if spec.reference not in ("val", "test"):
         raise RddError(f"--reference {spec.reference!r}: choose val (for choosing settings) or test (for reporting)")
-    if any(key == "train.seed" for key, _ in spec.grid):
-        raise RddError("--grid train.seed would be overridden by --seeds; list the seeds in --seeds instead")
+    from rdd.config import check_not_set_by_command, command_line_keys
+
+    check_not_set_by_command("sweep", command_line_keys(spec.overrides))
+    check_not_set_by_command("sweep", [key for key, _ in spec.grid], "--grid")
+    if any(key == "method" for key, _ in spec.grid) and "distill.method" in command_line_keys(spec.overrides):
+        raise RddError("--grid method=... and --set distill.method=... both name the method; pass one of them")
     from rdd.distill import check_data_fits_teacher
     from rdd.methods import require_classifier
     from rdd.metrics import load_evalnet_checkpoint
@@ -133,9 +140,11 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
         cfg = run_config(spec, run)
         require_classifier(cfg)
         check_data_fits_teacher(cfg.data, teacher_cfg, spec.teacher)
-        late = [i for i in spec.eval_at if i >= max(cfg.distill.iterations)]
+        # every stage that runs is evaluated at --eval-at: a one-stage sweep trains distill.iterations[0]
+        shortest = cfg.distill.iterations[0] if spec.to is None else min(cfg.distill.iterations)
+        late = [i for i in spec.eval_at if i >= shortest]
         if late:
-            raise RddError(f"--eval-at {late[0]} is not before the last iteration ({max(cfg.distill.iterations)}), which is "
+            raise RddError(f"--eval-at {late[0]} is not before the last iteration of a stage ({shortest}), which is "
                            "always evaluated; drop it or train longer")
     return runs
 
