@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import ROOT, assert_one_line, run_cli
+from helpers import ROOT, TINY, assert_one_line, run_cli
 from rdd.checkpoint import load_checkpoint, save_checkpoint
 from rdd.cli import main
 from rdd.errors import RddError
@@ -306,3 +306,9 @@ def test_a_sweep_trains_on_its_teachers_data(tmp_path):
                      holdout=7)
     data = run_config(spec, expand(spec)[0]).data
     assert (data.dataset, data.root, data.holdout) == ("folder", str(tmp_path), 7)  # --holdout is the sweep's own
+
+
+@pytest.mark.slow  # it trains (two iterations)
+def test_bf16_on_a_cpu_is_said_not_silently_dropped(capsys, tmp_path):
+    code = main(["train", *TINY, "--set", "train.iterations=2", "train.bf16=true", "--out", str(tmp_path / "run")])
+    assert code == 0 and "train.bf16 autocasts on CUDA only; this run on cpu trains in float32" in capsys.readouterr().out

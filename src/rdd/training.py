@@ -216,6 +216,8 @@ class Trainer:
         self.objective_optimizer = torch.optim.Adam(own, lr=self.recipe.lr) if own else None
         self.scheduler = self.recipe.scheduler(self.optimizer)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.recipe.bf16 and ctx.device.type == "cuda")
+        if self.recipe.bf16 and ctx.device.type != "cuda" and ctx.is_main:  # a GPU config run on a CPU: said, not refused
+            print(f"note: train.bf16 autocasts on CUDA only; this run on {ctx.device.type} trains in float32", flush=True)
         self.phase = no_phase
 
     @property
