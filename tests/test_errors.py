@@ -312,3 +312,9 @@ def test_a_sweep_trains_on_its_teachers_data(tmp_path):
 def test_bf16_on_a_cpu_is_said_not_silently_dropped(capsys, tmp_path):
     code = main(["train", *TINY, "--set", "train.iterations=2", "train.bf16=true", "--out", str(tmp_path / "run")])
     assert code == 0 and "train.bf16 autocasts on CUDA only; this run on cpu trains in float32" in capsys.readouterr().out
+
+
+def test_scale_without_a_grid_is_refused(capsys, tmp_path, no_sampling):
+    """--scale once did nothing when only --npz was written."""
+    assert_one_line(*run_cli(capsys, "sample", "--ckpt", TWO_STEP, "--scale", "2", "--npz", str(tmp_path / "x.npz")), "--scale", "--out")
+    assert not (tmp_path / "x.npz").exists()

@@ -107,6 +107,8 @@ def cmd_sample(args) -> None:
 
     if not args.out and not args.npz:
         raise RddError("nothing to write: pass --out grid.png and/or --npz samples.npz")
+    if args.scale and not args.out:
+        raise RddError("--scale sizes the grid's tiles, and no grid is drawn: pass --out grid.png, or drop --scale")
     if args.num_samples < 1:
         raise RddError(f"--num-samples {args.num_samples}: sample at least 1 image")
     if args.batch_size < 1:
