@@ -172,7 +172,7 @@ def cmd_train_evalnet(args) -> None:
     ctx = init_distributed()
     result = train_classifier(cfg, args.out, ctx, arch="evalnet-cnn", seed=seed, resume=args.resume, overwrite=args.overwrite)
     if ctx.is_main:
-        print(f"evalnet (evalnet-cnn, seed {seed}) test accuracy {result['test_accuracy']:.4f}; wrote {result['path']} "
+        print(f"evalnet test accuracy {result['test_accuracy']:.4f} (evalnet-cnn, seed {seed}); wrote {result['path']} "
               "(pass it to rdd eval --evalnet)")
 
 
