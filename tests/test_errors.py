@@ -267,6 +267,7 @@ DISTILL_ARGS = ["--config", "configs/fmnist/distill.yaml", "--teacher", EIGHT_ST
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "train.seed=7"], ["sets train.seed", "--seeds"]),
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "data.holdout=100,200"], ["--grid data.holdout", "--holdout"]),
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "train.snapshot_at=[5]"], ["--eval-at"]),
+    (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "eval.num_samples=100"], ["sets eval", "--eval-samples"]),
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "distill.beta=0.1", "--grid", "distill.beta=0.2"], ["twice"]),
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--grid", "method=pd,rcfd", "--set", "distill.method=rdd"], ["pass one"]),
     (["sweep", *DISTILL_ARGS, "--evalnet", EVALNET, "--set", "distill.iterations=[100,500]", "--eval-at", "200"],

@@ -426,7 +426,8 @@ _WHY_NOT_READ = {**{command: {"model": "the student is a copy of its teacher's n
 SET_BY_COMMAND = {
     "distill": {"distill.target_steps": "it runs one stage N -> N/2; for a chain to T steps use rdd progressive --to T"},
     "sweep": {"train.seed": "list the seeds in --seeds", "data.holdout": "use --holdout", "train.snapshot_at": "use --eval-at",
-              "distill.target_steps": "use --to (without it a sweep runs one stage)"},
+              "distill.target_steps": "use --to (without it a sweep runs one stage)",
+              "eval": "a sweep evaluates with --eval-samples, --eval-seed and --evalnet"},
     "demo": {"distill.method": "it distils with pd, rcfd and rdd in turn", "distill.teacher_steps": "it distils the "
              "shipped 2-step model", "distill.target_steps": "it distils 2 -> 1", "classifier.checkpoint": "it uses the "
              "classifier of --assets"},
