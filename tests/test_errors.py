@@ -319,3 +319,8 @@ def test_scale_without_a_grid_is_refused(capsys, tmp_path, no_sampling):
     """--scale once did nothing when only --npz was written."""
     assert_one_line(*run_cli(capsys, "sample", "--ckpt", TWO_STEP, "--scale", "2", "--npz", str(tmp_path / "x.npz")), "--scale", "--out")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_report_sample_count_without_an_evaluation_network_is_refused(capsys, tmp_path):
+    """--num-samples once did nothing without --evalnet: nothing is measured."""
+    assert_one_line(*run_cli(capsys, "report", str(tmp_path), "--num-samples", "500"), "--num-samples", "--evalnet")

@@ -179,7 +179,10 @@ def cmd_train_evalnet(args) -> None:
 def cmd_report(args) -> None:
     from rdd.report import report_folder
 
-    print(f"wrote {report_folder(args.dir, args.evalnet, args.num_samples, args.seed, args.overwrite)}")
+    if args.num_samples is not None and not args.evalnet:
+        raise RddError("--num-samples sets how many samples --evalnet measures, and no --evalnet is given: pass one, or drop --num-samples")
+    num = 2000 if args.num_samples is None else args.num_samples
+    print(f"wrote {report_folder(args.dir, args.evalnet, num, args.seed, args.overwrite)}")
 
 
 def cmd_sweep(args) -> None:
@@ -391,7 +394,7 @@ def _add_page_commands(sub) -> None:
     p = sub.add_parser("report", help="Markdown page with table, same-noise grids and loss curves of a folder of runs")
     p.add_argument("dir", help="folder holding rdd runs (model.pt files)")
     p.add_argument("--evalnet", help="evaluation network checkpoint: adds FD/IS of every model")
-    p.add_argument(NUM_SAMPLES, type=int, default=2000, help="samples per model for FD/IS")
+    p.add_argument(NUM_SAMPLES, type=int, help="samples per model for FD/IS (with --evalnet; default 2000)")
     p.add_argument("--seed", type=SEED, default=0, help="noise seed of the samples (the same for every model)")
     p.add_argument("--overwrite", action="store_true", help="replace report.md and report/ if they exist")
     p.set_defaults(func=cmd_report)
