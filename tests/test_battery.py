@@ -683,6 +683,8 @@ CASES = [
     Case("sample zero steps", SAMPLE + " --steps 0 --out {tmp}/g.png", "--steps"),
     Case("sample huge steps", SAMPLE + " --steps 100000000 --out {tmp}/g.png", "--steps"),
     Case("sample unknown sampler", SAMPLE + " --sampler euler --out {tmp}/g.png", "euler"),
+    Case("sample a student with a teacher's sampler", SAMPLE + " --sampler dpm-solver --out {tmp}/g.png", "--sampler ddim"),
+    Case("eval a student with a teacher's sampler", EVAL + " --sampler pndm", "--sampler ddim"),
     Case("sample unknown extension", SAMPLE + " --out {tmp}/g.gifx", "extension"),
     Case("sample npz without suffix", SAMPLE + " --npz {tmp}/g.png", ".npz"),
     Case("sample out is a folder", SAMPLE + " --out {tmp}", "folder"),

@@ -120,7 +120,7 @@ def cmd_sample(args) -> None:
                 raise RddError(f"{flag} '{path}' has an unknown extension; end it in {' or '.join(suffixes)}")
     device = default_device()
     model, cfg, meta = load_diffusion_model(args.ckpt, device)
-    steps = resolve_steps(meta, args.steps)
+    steps = resolve_steps(meta, args.steps, args.sampler)
     if args.npz:
         check_disk(args.npz, args.num_samples * cfg.data.resolution ** 2 * 3, "--npz")
     images, labels = generate_labelled(model, cfg, steps, args.num_samples, args.seed, args.batch_size, args.sampler, device,

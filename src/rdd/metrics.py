@@ -301,7 +301,7 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
     if not evalnet and not inception_weights:
         raise RddError("nothing to measure: pass --evalnet (a checkpoint of `rdd train-evalnet`) and/or "
                        f"--inception-weights ({INCEPTION_FILE})")
-    steps = resolve_steps(meta, steps)
+    steps = resolve_steps(meta, steps, sampler)
     check_sample_memory(cfg, num_samples, batch_size)
     if holdout is not None:
         cfg.data.holdout = holdout

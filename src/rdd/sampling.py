@@ -24,9 +24,13 @@ def noise_batches(num: int, shape: tuple[int, ...], seed: int, batch_size: int, 
         yield noise, labels
 
 
-def resolve_steps(meta: dict, steps: int | None) -> int:
-    """A student samples at its own step count; a teacher at any N (default 64)."""
+def resolve_steps(meta: dict, steps: int | None, sampler: str = "ddim") -> int:
+    """A student samples at its own step count with the DDIM update it was distilled against; a teacher at
+    any N (default 64) with any sampler."""
     own = meta.get("sampling_steps")
+    if own and sampler != "ddim":  # its weights fold the DDIM steps in: another update rule is another model
+        raise RddError(f"this student was distilled for rdd's DDIM sampler at {own} steps, not {sampler}; "
+                       "sample it with --sampler ddim (dpm-solver and pndm are for teachers)")
     if steps is None:
         return own or DEFAULT_TEACHER_STEPS
     if own and steps != own:
