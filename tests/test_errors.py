@@ -286,6 +286,15 @@ def test_settings_a_command_would_override_or_ignore_are_refused(capsys, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+def test_flags_and_set_that_agree_are_taken():
+    """--to/--method beside the same value under --set are one request, compared as parsed values, not strings (" 2" and 2 agree)."""
+    from rdd.cli import _distill_config, build_parser
+
+    args = build_parser().parse_args(["progressive", *DISTILL_ARGS, "--out", "o", "--to", "2", "--method", "pd",
+                                      "--set", "distill.target_steps= 2", "distill.method=pd"])
+    assert _distill_config(args).distill.method == "pd"
+
+
 def test_a_negative_stage_index_is_refused(capsys, tmp_path):
     """--stage -1 once picked the second-to-last per-stage value."""
     with pytest.raises(SystemExit) as stop:

@@ -26,19 +26,17 @@ def cmd_train(args) -> None:
 
 
 def _distill_config(args):
-    from rdd.config import check_not_set_by_command, command_line_keys
+    from rdd.config import check_not_set_by_command, command_line_values
     from rdd.distill import load_stage_config
     from rdd.registry import check_method
 
     overrides = list(args.overrides)
-    check_not_set_by_command(args.command, command_line_keys(overrides))
-    asked_to = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "distill.target_steps"]
-    if getattr(args, "to", None) is not None and asked_to and asked_to[-1] != str(args.to):
-        raise RddError(f"--to {args.to} and --set distill.target_steps={asked_to[-1]} disagree; pass one of them")
+    asked = command_line_values(overrides)
+    check_not_set_by_command(args.command, list(asked))
+    for flag, value, key in (("--to", getattr(args, "to", None), "distill.target_steps"), ("--method", args.method, "distill.method")):
+        if value is not None and key in asked and asked[key] != value:
+            raise RddError(f"{flag} {value} and --set {key}={asked[key]} disagree; pass one of them")
     if args.method:
-        asked = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "distill.method"]
-        if asked and asked[-1] != args.method:
-            raise RddError(f"--method {args.method} and --set distill.method={asked[-1]} disagree; pass one of them")
         overrides.append(f"distill.method={args.method}")
     cfg = load_stage_config(args.config, overrides, args.teacher, args.command)
     check_method(cfg.distill.method)  # a plugin's method is known by now

@@ -456,9 +456,14 @@ def check_not_set_by_command(command: str, keys, flag: str = "--set") -> None:
                 raise ConfigError(f"rdd {command} sets {prefix} itself, so {flag} {key} would be ignored; {how}")
 
 
+def command_line_values(overrides: list[str]) -> dict:
+    """{section.key: value} of `--set` overrides, each value parsed as YAML; a key given twice keeps its last."""
+    return flatten(apply_overrides({}, overrides))
+
+
 def command_line_keys(overrides: list[str]) -> list[str]:
     """The section.key names that `--set` overrides name."""
-    return list(flatten(apply_overrides({}, overrides)))
+    return list(command_line_values(overrides))
 
 
 def _under(key: str, prefix: str) -> bool:
