@@ -103,12 +103,21 @@ def test_reference_statistics_default_to_rdds_cache_folder_not_beside_the_evalne
 
 
 @pytest.mark.slow
-def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path):
+def test_inception_fid_path_loads_weights_and_caches_the_reference(teacher, small_fmnist, tmp_path, monkeypatch):
+    import torch_fidelity
+
     weights = metrics.write_random_inception(tmp_path / "inception.pth")  # what a dry run measures with
     cache = tmp_path / "cache" / "ref.npz"
+    batches, calculate = [], torch_fidelity.calculate_metrics  # a spy: the real call runs
+
+    def spied(**kwargs):
+        batches.append(kwargs["batch_size"])
+        return calculate(**kwargs)
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", spied)
 
     result = metrics.evaluate_checkpoint(teacher, steps=2, num_samples=12, batch_size=12, inception_weights=str(weights),
                                          reference_cache=str(cache), progress=False, reference_limit=12)
+    assert batches == [12]  # --batch-size reaches Inception (it once ran at 64 whatever was asked)
     assert {"fid", "isc", "kid"} <= result.keys() and "fd" not in result
     cached = sorted(cache.parent.glob("*.pt"))
     assert cached and all("inception-v3-compat" in p.name for p in cached)

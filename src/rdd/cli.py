@@ -370,7 +370,7 @@ def _add_model_commands(sub) -> None:
     _add_sampling_args(p)
     p.add_argument(NUM_SAMPLES, type=int, help="number of samples (default: eval.num_samples, 10000)")
     _add_overrides(p, "eval")
-    p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500)")
+    p.add_argument("--batch-size", type=int, help="sampling and feature batch (default: eval.batch_size, 500; Inception at most 64)")
     p.add_argument("--evalnet", help="checkpoint of `rdd train-evalnet`: domain FD and IS (default: the shipped "
                                      "assets/fmnist/evalnet.pt for 16x16 Fashion-MNIST models)")
     p.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, a local file: FID, IS and KID")

@@ -241,8 +241,11 @@ def write_random_inception(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+INCEPTION_BATCH = 64  # Inception-v3 runs at 299x299: a smaller --batch-size lowers it, a larger one does not raise it
+
+
 def inception_metrics(images, reference, weights: str | Path, cache_root: str | Path, cache_name: str,
-                      batch_size: int = 64, progress: bool = True) -> dict:
+                      batch_size: int = INCEPTION_BATCH, progress: bool = True) -> dict:
     """FID, IS and KID of `images` against `reference` (both [-1, 1]); the reference features are
     cached in `cache_root` under `cache_name` and reused by any later call with the same name."""
     import torch_fidelity
@@ -329,7 +332,8 @@ def evaluate_checkpoint(ckpt: str | Path, steps: int | None = None, sampler: str
         if reference_limit:
             reference = Subset(reference, range(min(reference_limit, len(reference))))
         result.update(inception_metrics(images, reference, inception_weights, cache_root,
-                                        inception_cache_name(inception_weights, cfg.data, reference_limit), progress=progress))
+                                        inception_cache_name(inception_weights, cfg.data, reference_limit),
+                                        min(batch_size, INCEPTION_BATCH), progress))
     check_finite_result(result, num_samples)
     return result
 
