@@ -68,13 +68,14 @@ def stage_config(cfg: ExperimentConfig, teacher_cfg: ExperimentConfig, reading: 
     return dataclasses.replace(cfg, model=model)
 
 
-def load_stage_config(path, overrides: list[str], teacher_path, command: str) -> ExperimentConfig:
+def load_stage_config(path, overrides: list[str], teacher_path, command: str, teacher_cfg=None) -> ExperimentConfig:
     """A stage's config from the command line, every key checked for `command`. The data settings the config
     and --set leave unnamed follow the teacher: an rdd teacher's data set (its folder and held-out images with
     it), resolution and channels; a diffusers teacher's resolution and channels (a diffusers folder names no
-    data set, so the config must)."""
+    data set, so the config must). `teacher_cfg`: the teacher's config when the caller has loaded it."""
     load_config(path, overrides, command)  # its errors come before the teacher is read
-    _, teacher_cfg, _ = load_diffusion_model(teacher_path)
+    if teacher_cfg is None:
+        _, teacher_cfg, _ = load_diffusion_model(teacher_path)
     named = apply_overrides(read_yaml_config(path) if path else {}, overrides).get("data") or {}
     t = teacher_cfg.data
     if teacher_cfg.model.diffusers and "dataset" not in named:

@@ -103,12 +103,12 @@ def run_overrides(spec: SweepSpec, run: RunSpec) -> list[str]:
     return overrides
 
 
-def run_config(spec: SweepSpec, run: RunSpec):
+def run_config(spec: SweepSpec, run: RunSpec, teacher_cfg=None):
     """The run's config: base file and the run's overrides, the data following the teacher where they leave it
-    unnamed (as for rdd distill); validated here."""
+    unnamed (as for rdd distill); validated here. `teacher_cfg`: the teacher's, when already loaded."""
     from rdd.distill import load_stage_config
 
-    return load_stage_config(spec.config, run_overrides(spec, run), spec.teacher, "sweep")
+    return load_stage_config(spec.config, run_overrides(spec, run), spec.teacher, "sweep", teacher_cfg)
 
 
 def check_sweep(spec: SweepSpec) -> list[RunSpec]:
@@ -137,7 +137,7 @@ def check_sweep(spec: SweepSpec) -> list[RunSpec]:
     _, teacher_cfg, _ = load_diffusion_model(spec.teacher)
     runs = expand(spec)
     for run in runs:
-        cfg = run_config(spec, run)
+        cfg = run_config(spec, run, teacher_cfg)  # the teacher is read once for every grid point
         require_classifier(cfg)
         check_data_fits_teacher(cfg.data, teacher_cfg, spec.teacher)
         # every stage that runs is evaluated at --eval-at: a one-stage sweep trains distill.iterations[0]
