@@ -75,3 +75,14 @@ def test_train_writes_checkpoint_grid_and_metrics(tmp_path, tiny_args):
     assert Image.open(grid).size == (3 * (4 * 16 + 4) + 4,) * 2  # 16-px images drawn 4x: tiles of 64 px, 4-px padding
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_a_stage_summary_names_only_files_it_wrote(tmp_path):
+    """A dry run (train.num_grid 0) draws no grid; its summary once named a samples.png that did not exist."""
+    from rdd.distill import summary_line
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 0.25}) + "\n")
+    line = summary_line(tmp_path, 4, 2, 61)
+    assert "final loss 0.25, 1m01s" in line and "samples.png" not in line and "no sample grid" in line
+    (tmp_path / "samples.png").write_bytes(b"png")
+    assert f"samples {tmp_path / 'samples.png'}" in summary_line(tmp_path, 4, 2, 61)

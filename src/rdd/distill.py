@@ -156,8 +156,10 @@ def summary_line(out_dir: Path, steps: int, iterations: int, seconds: float) -> 
     losses = [r["loss"] for r in read_metrics(log) if "loss" in r] if log.is_file() else []
     loss = f"final loss {losses[-1]:.4g}, " if losses else ""
     minutes, secs = divmod(round(seconds), 60)
+    grid = out_dir / "samples.png"  # train.num_grid 0 draws none
+    samples = f", samples {grid}" if grid.is_file() else ", no sample grid (train.num_grid is 0)"
     return (f"stage {2 * steps}->{steps} finished: {iterations} iterations, {loss}{minutes}m{secs:02d}s; "
-            f"model {out_dir / MODEL_FILE}, samples {out_dir / 'samples.png'}")
+            f"model {out_dir / MODEL_FILE}{samples}")
 
 
 def train_stage(stage: Stage, out_dir: str | Path, ctx: DistContext, resume: bool = True, overwrite: bool = False) -> Path:
